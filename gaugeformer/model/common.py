@@ -1,0 +1,40 @@
+"""Small shared pieces of the modules: the non-trainable buffer type, torch-style LayerNorm, generators."""
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gaugeformer.config import ModelConfig
+from gaugeformer.ops import blocks, so3
+
+
+class Buffer(nnx.Variable):
+    """Non-trainable state (the optimizer updates only ``nnx.Param``)."""
+
+
+@functools.cache
+def group_generators(cfg: ModelConfig) -> tuple[tuple[np.ndarray, int], ...]:
+    """Per head group: (float32 generators (3, d, d) in ``cfg.basis``, number of heads)."""
+    return tuple(
+        (so3.generators(g.dim, cfg.basis).astype(np.float32), g.size) for g in blocks.groups(cfg.layout)
+    )
+
+
+class LayerNorm(nnx.Module):
+    """torch ``nn.LayerNorm(K)``: eps 1e-5, affine ``weight``/``bias`` (flax's default eps is 1e-6)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        self.weight = nnx.Param(jnp.ones((dim,)))
+        self.bias = nnx.Param(jnp.zeros((dim,)))
+        self.eps = eps
+
+    def __call__(self, x):
+        mean = jnp.mean(x, -1, keepdims=True)
+        var = jnp.mean((x - mean) ** 2, -1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + self.eps) * self.weight[...] + self.bias[...]
+
+
+def maybe_norm(module, x):
+    return x if module is None else module(x)

@@ -1,0 +1,96 @@
+"""Feed-forward modules: the VFE_dynamic FFN (one learnable step size) and the historic learned MLP."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gaugeformer.config import ModelConfig
+from gaugeformer.model.common import Buffer, group_generators
+from gaugeformer.model.sow import ALL, SowConfig, hook
+from gaugeformer.ops import blocks, vfe
+from gaugeformer.ops.transport import expm
+
+
+def vfe_params(cfg: ModelConfig) -> vfe.VFEParams:
+    return vfe.VFEParams(
+        alpha=cfg.alpha,
+        kappa=cfg.kappa_beta,
+        lam=cfg.ffn_lambda_belief,
+        n_iter=cfg.ffn_n_iterations,
+        eps=cfg.kl_eps,
+        eps_log=cfg.eps_log,
+        beta_floor=cfg.ffn_floor,
+        coupling_sign=1.0 if cfg.ffn_coupling_sign == "reference" else -1.0,
+        update_sigma=cfg.ffn_update_sigma,
+        mask_self=cfg.mask_self_attention,
+        phi_lr=cfg.phi_lr,
+        phi_max_norm=cfg.phi_max_norm,
+    )
+
+
+def _to_full(sigmas):
+    """Variances ``[B,N,h,d]`` -> diagonal blocks (the VFE step works on full blocks)."""
+    return [s[..., :, None] * jnp.eye(s.shape[-1], dtype=s.dtype) if s.ndim == 4 else s for s in sigmas]
+
+
+class VariationalFFN(nnx.Module):
+    """T unrolled VFE steps on (μ, Σ), then one φ step (ref-ffn §3).  The attention's β is not used."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.lr = nnx.Param(jnp.asarray(0.1)) if cfg.ffn_learnable_lr else Buffer(jnp.asarray(0.1))
+
+    def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, beta_override=None,
+                 sow: SowConfig = ALL):
+        """Returns ``(μ [B,N,K], Σ per group or None, φ [B,N,3])``."""
+        cfg, layout, hp = self.cfg, self.cfg.layout, vfe_params(self.cfg)
+        diag = sigmas[0].ndim == 4
+        sig = _to_full(sigmas)
+        mus, mu_p = blocks.split_mu(mu, layout), blocks.split_mu(mu_prior, layout)
+        gg = group_generators(cfg)
+        rots = vfe.rotations(gg, phi, expm)
+        sig_p = sig
+        for t in range(hp.n_iter):
+            mus, sig_new, beta, kl = vfe.vfe_iteration(
+                mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, beta_override
+            )
+            if hp.update_sigma:
+                sig = sig_new
+            hook(self, f"it{t}.hook_pattern", beta, sow)
+            hook(self, f"it{t}.hook_kl", kl, sow)
+        if cfg.evolve_phi and (train or cfg.phi_step == "always"):
+            phi, beta, kl = vfe.phi_step(phi, mus, sig, gg, mask, hp, expm)
+            hook(self, "phistep.hook_pattern", beta, sow)
+            hook(self, "phistep.hook_kl", kl, sow)
+        mu = blocks.merge_mu(mus, layout)
+        hook(self, "hook_mu_out", mu, sow)
+        hook(self, "hook_phi_out", phi, sow)
+        if not hp.update_sigma:
+            return mu, None, phi
+        hook(self, "hook_sigma_out", blocks.merge_sigma(sig, layout), sow)
+        if diag:
+            sig = [jnp.diagonal(s, axis1=-2, axis2=-1) for s in sig]
+        return mu, sig, phi
+
+
+class MLPFFN(nnx.Module):
+    """The historic ``learned`` FFN: Linear(K, hidden) -> exact GELU -> Linear(hidden, K) (ref-arch §7.2).
+
+    Returns ``μ + MLP(μ)``: the historic block was pre-LN residual, and the residual here keeps the block's
+    "FFN returns a full belief" contract.
+    """
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        k, h = cfg.embed_dim, cfg.hidden_dim
+        normal = jax.random.normal
+        self.fc1_weight = nnx.Param(0.02 * normal(rngs.params(), (h, k)))
+        self.fc1_bias = nnx.Param(jnp.zeros((h,)))
+        self.fc2_weight = nnx.Param(0.02 * normal(rngs.params(), (k, h)))
+        self.fc2_bias = nnx.Param(jnp.zeros((k,)))
+
+    def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, beta_override=None,
+                 sow: SowConfig = ALL):
+        hidden = jax.nn.gelu(mu @ self.fc1_weight[...].T + self.fc1_bias[...], approximate=False)
+        out = mu + hidden @ self.fc2_weight[...].T + self.fc2_bias[...]
+        hook(self, "hook_mu_out", out, sow)
+        return out, None, phi

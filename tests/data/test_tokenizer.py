@@ -1,0 +1,68 @@
+"""GPT-2 BPE (offline, sha256-verified) and byte tokenizer."""
+
+from pathlib import Path
+
+import pytest
+
+from gaugeformer.data import tokenizer as tk
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return tk.get_gpt2_encoding()
+
+
+def test_gpt2_known_ids(gpt2):
+    assert gpt2.encode("hello world") == [31373, 995]
+    assert gpt2.encode("Hello world") == [15496, 995]
+
+
+def test_gpt2_metadata(gpt2):
+    assert gpt2.name == "gpt2"
+    assert gpt2.n_vocab == tk.GPT2_N_VOCAB == 50257
+    assert gpt2.eot_token == tk.GPT2_EOT == 50256
+    assert gpt2.encode("<|endoftext|>", allowed_special="all") == [50256]
+
+
+def test_gpt2_pattern_matches_tiktoken():
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    assert tk.R50K_PAT_STR == r50k_pat_str
+
+
+def test_gpt2_round_trip(gpt2):
+    text = " = Valkyria Chronicles III = \n\n Senjō no Valkyria 3 : 1,000-year-old, 3.5 km 🙂\t\n"
+    ids = gpt2.encode(text)
+    assert gpt2.decode(ids) == text
+    assert max(ids) < 50257
+
+
+def test_get_tokenizer_dispatch(gpt2):
+    assert tk.get_tokenizer("gpt2") is gpt2  # cached
+    assert isinstance(tk.get_tokenizer("bytes"), tk.ByteTokenizer)
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        tk.get_tokenizer("sentencepiece")
+
+
+def test_missing_asset_error_names_setup(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"make setup.*tools/fetch_assets\.sh"):
+        tk.get_gpt2_encoding(tmp_path / "absent.tiktoken")
+
+
+def test_corrupt_asset_rejected(tmp_path: Path):
+    bad = tmp_path / "gpt2.tiktoken"
+    bad.write_text("IQ== 0\n")
+    with pytest.raises(ValueError, match="[Hh]ash"):
+        tk.get_gpt2_encoding(bad)
+
+
+def test_byte_tokenizer():
+    bt = tk.ByteTokenizer()
+    assert bt.n_vocab == 256 and bt.name == "bytes"
+    assert bt.encode("hi é") == [104, 105, 32, 195, 169]
+    text = "Botchan — 坊っちゃん\n"
+    assert bt.decode(bt.encode(text)) == text
+    assert bt.encode_to_numpy(text).tolist() == bt.encode(text)
+    assert bt.decode([0xFF]) == "\ufffd"
+    assert bt.encode_batch(["a", "b"]) == [[97], [98]]
+    assert isinstance(bt, tk.Tokenizer)
