@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "load_bertviz",
+    "save_bertviz",
+    "save_circuitsvis",
     "to_bertviz",
     "to_circuitsvis",
-    "save_bertviz",
-    "load_bertviz",
-    "save_circuitsvis",
     "token_strings",
 ]
 
@@ -40,7 +40,7 @@ def _as_lbhnn(beta: np.ndarray) -> np.ndarray:
 
 
 def token_strings(tokens: Sequence[str | bytes]) -> list[str]:
-    """Tokens as JSON-safe ``str`` (raw bytes decoded with ``\\xNN`` for invalid UTF-8).
+    r"""Tokens as JSON-safe ``str`` (raw bytes decoded with ``\\xNN`` for invalid UTF-8).
 
     Args:
         tokens: decoded tokens or raw token bytes.

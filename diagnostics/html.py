@@ -42,7 +42,7 @@ def _b64(a: np.ndarray, dtype: str) -> str:
 def _lut(name: str) -> list[str]:
     """256-entry ``#rrggbb`` lookup table of a matplotlib colormap."""
     rgba = colormaps[name](np.linspace(0, 1, 256))
-    return ["#%02x%02x%02x" % tuple(int(round(255 * c)) for c in px[:3]) for px in rgba]
+    return ["#" + "".join(f"{round(255 * c):02x}" for c in px[:3]) for px in rgba]
 
 
 def _as_lbhnn(x: np.ndarray, name: str) -> np.ndarray:
@@ -115,7 +115,7 @@ def render_attention_html(
     layers: Sequence[int] | None = None,
     title: str = "Gauge attention explorer",
 ) -> str:
-    """Builds the self-contained HTML page.
+    r"""Builds the self-contained HTML page.
 
     Args:
         beta: attention ``(L, B, H, N, N)``.
@@ -245,8 +245,8 @@ const S = { layer: 0, head: 0, scale: "log", view: "beta" };
 const $ = (id) => document.getElementById(id);
 
 function matrix(view, l, h) {
-  const src = view === "kl" ? KL : BETA, off = (l * H + h) * NN;
-  return src.subarray(off, off + NN);
+  const arr = view === "kl" ? KL : BETA, off = (l * H + h) * NN;
+  return arr.subarray(off, off + NN);
 }
 function colourOf(v, view, scale, l) {
   let t;
@@ -256,7 +256,10 @@ function colourOf(v, view, scale, l) {
   return D.viridis[clampIdx(t)];
 }
 function clampIdx(t) { return Math.max(0, Math.min(255, Math.round(t * 255))); }
-function hexRGB(hx) { const n = parseInt(hx.slice(1), 16); return [n >> 16, (n >> 8) & 255, n & 255]; }
+function hexRGB(hx) {
+  const n = parseInt(hx.slice(1), 16);
+  return [n >> 16, (n >> 8) & 255, n & 255];
+}
 
 function geometry(ctx) {
   const cell = Math.max(3, Math.min(26, Math.floor(760 / N)));

@@ -6,10 +6,12 @@ dimension. Attention ``beta`` and divergences ``kl`` are ``[L, B, H, N, M]``; ``
 ``[N, M]`` boolean key-validity mask (``True`` = the key may be attended; lower-triangular for
 causal attention, diagonal cleared except row 0 for ``mask_self_attention``).
 
-Every metric is a small per-head kernel on one ``[N, M]`` matrix, lifted over the leading axes
-with :func:`jax.vmap`, so any number of leading axes works. Nothing here touches the host, imports
-flax, or keeps state; every public function is jitted at module level (compiles are cached per
-shape and static arguments).
+Every metric is a small kernel on one ``[N, M]`` matrix (a head, or the head mean of one
+(layer, batch) element), lifted over the leading axes with :func:`jax.vmap` (the public
+single-metric functions, any number of leading axes) or with ``lax.map`` over vmapped chunks of
+heads (:func:`all_metrics`, which keeps XLA's temporaries cache-sized). Nothing here touches the
+host, imports flax, or keeps state; every public function is jitted at module level (compiles
+are cached per shape and static arguments).
 
 Two families of numbers are produced (see ref-diagnostics §2-§3):
 
@@ -58,9 +60,9 @@ METRIC_KEYS: dict[str, tuple[str, str]] = {
     "future_max": ("L B H", "max beta_ij over the strict upper triangle (j > i)"),
     "future_mass_max": ("L B H", "max over rows of sum_{j>i} beta_ij"),
     "future_mass_mean": ("L B H", "mean over rows of sum_{j>i} beta_ij"),
-    # positional bias (§3.4); profiles are per head, ratios pooled over heads
-    "pos_profile_legacy": ("L B H D", "mean beta_{i,i-d} over rows i >= d (all j < i)"),
-    "pos_profile_valid": ("L B H D", "mean n_i*beta_{i,i-d} over valid pairs (nan if none)"),
+    # positional bias (§3.4), pooled over heads
+    "pos_profile_legacy": ("L B D", "mean beta_{i,i-d} over heads and rows i >= d"),
+    "pos_profile_valid": ("L B D", "mean n_i*beta_{i,i-d} over heads and valid pairs (nan: none)"),
     "pos_near_legacy": ("L B", "mean of the pooled legacy profile over d = 1..5"),
     "pos_far_legacy": ("L B", "mean of the pooled legacy profile over d = N-5..N-1"),
     "pos_ratio_legacy": ("L B", "near / (far + 1e-10); nan if N - 1 < 10"),
@@ -104,8 +106,8 @@ METRIC_KEYS: dict[str, tuple[str, str]] = {
     "kl_neg_frac": ("L B H", "fraction of entries < 0"),
     "kl_diag_max": ("L B H", "max of KL_ii"),
     "kl_diag_mean": ("L B H", "mean of KL_ii"),
-    "kl_asym": ("L B H", "mean over i != j of |KL_ij - KL_ji|"),
-    "kl_asym_rel": ("L B H", "kl_asym / mean over i != j of |KL_ij|"),
+    "kl_asym": ("L Bq H", "mean over i != j of |KL_ij - KL_ji|"),
+    "kl_asym_rel": ("L Bq H", "kl_asym / mean over i != j of |KL_ij|"),
     "kl_offdiag_mean": ("L B", "head-mean KL, i != j (future pairs incl.): mean"),
     "kl_offdiag_std": ("L B", "... unbiased std"),
     "kl_offdiag_min": ("L B", "... min"),
@@ -207,20 +209,51 @@ def _diag_sums(x: Array) -> Array:
 
 
 # ------------------------------------------------------------------------------------------------
-# Per-head kernels: one [N, M] matrix in, scalars / rows out. Masks are float 0/1 multipliers
-# (XLA CPU vectorises multiply-reduce far better than select-reduce).
+# Kernels: one [N, M] matrix in, scalars / rows out.
+#
+# Row statistics go through ONE variadic lax.reduce over the key axis (XLA CPU emits a single
+# vectorised loop for it; separate reductions sharing a producer get materialised instead).
+# Masks are float 0/1 multipliers. Standard deviations use sums shifted by a near-mean constant
+# (1/M or 1/n_i), so one pass is as accurate as two.
 # ------------------------------------------------------------------------------------------------
 
+_REDUCERS = {"sum": (jnp.add, 0.0), "max": (jnp.maximum, -jnp.inf), "min": (jnp.minimum, jnp.inf)}
 
-def _k_row_std(b: Array, sel: Array) -> Array:
-    """Population std of each row over the selected keys (two-pass), 0 if < 2 keys. -> [N].
 
-    ``sel`` is the float 0/1 key selection ``[N, M]``.
+def _row_reduce(terms: dict[str, tuple[Array, str]]) -> dict[str, Array]:
+    """Reduce several same-shape ``[..., M]`` arrays over the last axis in one pass.
+
+    Args:
+        terms: name -> (array, "sum" | "max" | "min").
+
+    Returns:
+        name -> ``[...]`` reduced array.
     """
-    cnt = sel.sum(-1)
-    mean = _safe_div((b * sel).sum(-1), cnt)
-    dev = (b - mean[:, None]) * sel
-    var = _safe_div((dev * dev).sum(-1), cnt)
+    names = tuple(terms)
+    xs = tuple(terms[k][0] for k in names)
+    ops = tuple(_REDUCERS[terms[k][1]] for k in names)
+    inits = tuple(jnp.asarray(init, x.dtype) for x, (_, init) in zip(xs, ops))
+
+    def combine(a, b):
+        return tuple(op(x, y) for (op, _), x, y in zip(ops, a, b))
+
+    out = jax.lax.reduce(xs, inits, combine, (xs[0].ndim - 1,))
+    # Keep later reductions of these rows out of this loop: XLA CPU would otherwise merge them
+    # into one multi-axis variadic reduce, which it does not vectorise (≈10x slower).
+    return dict(zip(names, jax.lax.optimization_barrier(out)))
+
+
+def _std_terms(b: Array, sel: Array, shift: Array, tag: str) -> dict[str, tuple[Array, str]]:
+    """Row-reduce terms for the population std of ``b`` over the keys selected by ``sel``."""
+    x = (b - shift) * sel
+    return {f"{tag}_s1": (x, "sum"), f"{tag}_s2": (x * x, "sum")}
+
+
+def _std_from(r: dict[str, Array], tag: str, cnt: Array) -> Array:
+    """Per-row std from shifted sums over ``cnt`` keys; 0 where ``cnt < 2``."""
+    c = jnp.maximum(cnt, 1.0)
+    mean = r[f"{tag}_s1"] / c
+    var = jnp.maximum(r[f"{tag}_s2"] / c - mean * mean, 0.0)
     return jnp.where(cnt >= 2, jnp.sqrt(var), 0.0)
 
 
@@ -239,56 +272,73 @@ class _Geom:
         n, m = mask.shape
         self.n, self.m = n, m
         f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+        eye = np.eye(n, m, dtype=bool)
         self.mask = f(mask)  # valid keys
         self.sel_valid = f(_row_selection(mask, "valid", include_diag))  # valid row_std keys
-        self.off = f(~np.eye(n, m, dtype=bool))  # legacy row_std keys
+        self.cnt_sel = self.sel_valid.sum(-1)
+        self.off = f(~eye)  # legacy row_std keys
         self.future = f(np.triu(np.ones((n, m), bool), k=1))  # j > i
         self.lower = f(np.tri(n, m, dtype=bool))  # j <= i
         self.n_valid = self.mask.sum(-1)  # [N]
-        self.inv_n = 1.0 / jnp.maximum(self.n_valid, 1.0)
+        self.inv_n = (1.0 / jnp.maximum(self.n_valid, 1.0))[:, None]  # [N, 1]
         self.has2 = f(self.n_valid >= 2)
-        self.u = self.mask * self.inv_n[:, None]  # uniform over valid keys
+        self.u = self.mask * self.inv_n  # uniform over valid keys
+        self.sel_bars = jnp.maximum(self.mask, f(eye))  # §2.4: valid keys plus the diagonal
+        self.cnt_bars = self.sel_bars.sum(-1)
         if n == m:  # positional tables: weight n_i on valid past pairs, pair counts per distance
             self.w_pos = self.mask * self.lower * self.n_valid[:, None]
             self.cnt_legacy = f(n - np.arange(n))
             self.cnt_valid = _diag_sums(self.mask * self.lower)
 
 
-def _k_head(b: Array, g: _Geom) -> dict[str, Array]:
-    """All O(N*M) single-head statistics of one attention matrix ``b [N, M]``."""
+def _k_head(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
+    """All O(N*M) single-head statistics of one attention matrix ``b [N, M]`` (and its KL)."""
     n, m = b.shape
-    out = {}
-    has2, n_has2 = g.has2, jnp.maximum(g.has2.sum(), 1.0)
-    # row_std
-    out["row_std_legacy"] = _k_row_std(b, g.off).mean()
-    out["row_std_valid"] = _head_level(_k_row_std(b, g.sel_valid), g.sel_valid.sum(-1), "valid")
-    # normalisation
-    out["rowsum_maxerr_all"] = jnp.abs(b.sum(-1) - 1.0).max()
-    out["rowsum_maxerr_valid"] = jnp.abs((b * g.mask).sum(-1) - 1.0).max()
-    # causality: strict upper triangle, whatever the mask says
-    fut = b * g.future
-    out["future_max"] = fut.max()
-    fmass = fut.sum(-1)
-    out["future_mass_max"] = fmass.max()
-    out["future_mass_mean"] = fmass.mean()
-    # entropy
     plogp = b * jnp.log(b + LOG_EPS)
-    out["entropy_norm_legacy"] = (-plogp.sum(-1)).mean() / max(math.log(m), LOG_EPS)
-    h_valid = -(plogp * g.mask).sum(-1)
+    fut = b * g.future
+    terms = {
+        "s1": (b, "sum"),
+        "s1v": (b * g.mask, "sum"),
+        "a2": ((b - 1.0 / m) ** 2, "sum"),
+        "v2": (((b - g.u) ** 2) * g.mask, "sum"),
+        "h": (plogp, "sum"),
+        "hv": (plogp * g.mask, "sum"),
+        "f": (fut, "sum"),
+        "fmax": (fut, "max"),
+        **_std_terms(b, g.off, 1.0 / m, "rl"),
+        **_std_terms(b, g.sel_valid, g.inv_n, "rv"),
+    }
+    if k is not None:
+        terms.update({"kmin": (k, "min"), "kneg": ((k < 0).astype(b.dtype), "sum")})
+    r = _row_reduce(terms)
+    has2 = g.has2
+    n_has2 = jnp.maximum(has2.sum(), 1.0)
+    d_legacy = jnp.sqrt(r["a2"] / m)
+    d_valid = jnp.sqrt(r["v2"] * g.inv_n[:, 0]) * has2
     ln_n = jnp.log(jnp.maximum(g.n_valid, 2.0))
-    out["entropy_norm_valid"] = (h_valid / ln_n * has2).sum() / n_has2
-    # deviation from uniform
-    d_legacy = jnp.sqrt(((b - 1.0 / m) ** 2).mean(-1))
-    out["uniform_dev_mean_legacy"] = d_legacy.mean()
-    out["uniform_dev_max_legacy"] = d_legacy.max()
-    d_valid = jnp.sqrt((((b - g.u) ** 2) * g.mask).sum(-1) * g.inv_n) * has2
-    out["uniform_dev_mean_valid"] = d_valid.sum() / n_has2
-    out["uniform_dev_max_valid"] = d_valid.max()
-    # positional profiles (ref §3.4)
-    if n == m:
-        out["pos_profile_legacy"] = _diag_sums(b * g.lower) / g.cnt_legacy
-        prof_v = _diag_sums(b * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0)
-        out["pos_profile_valid"] = jnp.where(g.cnt_valid > 0, prof_v, jnp.nan)
+    out = {
+        "row_std_legacy": _std_from(r, "rl", jnp.full((n,), m - 1.0)).mean(),
+        "row_std_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
+        "rowsum_maxerr_all": jnp.abs(r["s1"] - 1.0).max(),
+        "rowsum_maxerr_valid": jnp.abs(r["s1v"] - 1.0).max(),
+        "future_max": r["fmax"].max(),
+        "future_mass_max": r["f"].max(),
+        "future_mass_mean": r["f"].mean(),
+        "entropy_norm_legacy": (-r["h"]).mean() / max(math.log(m), LOG_EPS),
+        "entropy_norm_valid": (-r["hv"] / ln_n * has2).sum() / n_has2,
+        "uniform_dev_mean_legacy": d_legacy.mean(),
+        "uniform_dev_max_legacy": d_legacy.max(),
+        "uniform_dev_mean_valid": d_valid.sum() / n_has2,
+        "uniform_dev_max_valid": d_valid.max(),
+    }
+    if k is not None:
+        diag = jnp.diagonal(k)
+        out.update(
+            kl_min=r["kmin"].min(),
+            kl_neg_frac=r["kneg"].sum() / (n * m),
+            kl_diag_max=diag.max(),
+            kl_diag_mean=diag.mean(),
+        )
     # query-side sub-analysis on the first rows (full-length rows, ref §3.8)
     nq = min(n, N_QUERY_SUB)
     nan = jnp.asarray(jnp.nan, b.dtype)
@@ -301,89 +351,31 @@ def _k_head(b: Array, g: _Geom) -> dict[str, Array]:
     return out
 
 
-def _k_query_var(b: Array, u: Array) -> tuple[Array, Array]:
-    """Mean pairwise L2 distance between query rows, raw and minus the valid-uniform rows."""
-    n = b.shape[0]
-    iu = jnp.asarray(np.triu(np.ones((n, n)), k=1), b.dtype)
-    n_pairs = max(n * (n - 1) // 2, 1)
-
-    def mean_pair_dist(x):
-        x = x - x.mean(0, keepdims=True)  # distances are shift-invariant; centring limits round-off
-        gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
-        sq = jnp.diagonal(gram)
-        d2 = sq[:, None] + sq[None, :] - 2.0 * gram
-        return (jnp.sqrt(jnp.maximum(d2, 0.0)) * iu).sum() / n_pairs
-
-    return mean_pair_dist(b), mean_pair_dist(b - u)
+def _mean_pair_dist(x: Array) -> Array:
+    """Mean over pairs i < i' of ||x_i - x_i'||_2 for the rows of ``x [N, M]`` (Gram form)."""
+    n = x.shape[0]
+    iu = jnp.asarray(np.triu(np.ones((n, n)), k=1), x.dtype)
+    x = x - x.mean(0, keepdims=True)  # distances are shift-invariant; centring limits round-off
+    gram = jnp.matmul(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    sq = jnp.diagonal(gram)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * gram
+    return (jnp.sqrt(jnp.maximum(d2, 0.0)) * iu).sum() / max(n * (n - 1) // 2, 1)
 
 
-def _k_mean_head(bm: Array, g: _Geom) -> dict[str, Array]:
-    """Statistics of the head-mean attention of one (layer, batch) element."""
-    n, m = bm.shape
-    out = {
-        "row_std_avg_legacy": _k_row_std(bm, g.off).mean(),
-        "row_std_avg_valid": _head_level(
-            _k_row_std(bm, g.sel_valid), g.sel_valid.sum(-1), "valid"
-        ),
-    }
-    sel = jnp.maximum(g.mask, jnp.eye(n, m, dtype=bm.dtype))  # valid keys plus the diagonal
-    std = _k_row_std(bm, sel)
-    mean = _safe_div((bm * sel).sum(-1), sel.sum(-1))
-    out["row_uniformity_std"] = std
-    out["row_uniformity_cv"] = jnp.where(mean > 0, std / jnp.where(mean > 0, mean, 1.0), 0.0)
-    p = jnp.maximum(bm, LOG_EPS)
-    out["entropy_nats"] = (-(p * jnp.log(p)).sum(-1)).mean()
-    out["concentration"] = bm.max(-1).mean()
+def _k_pairwise(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
+    """The O(N^3) / transposing statistics of one head: query variation, KL asymmetry."""
+    out = {"query_var_legacy": _mean_pair_dist(b), "query_var_valid": _mean_pair_dist(b - g.u)}
+    if k is not None:
+        n = k.shape[0]
+        n_off = max(n * (n - 1), 1)
+        asym = (jnp.abs(k - k.T) * g.off).sum() / n_off
+        out["kl_asym"] = asym
+        out["kl_asym_rel"] = asym / ((jnp.abs(k) * g.off).sum() / n_off + 1e-12)
     return out
 
 
-def _k_tokens(bm: Array, tok: Array, g: _Geom, special_ids: tuple[int, ...]) -> dict:
-    """Repeated-token and special-token attention of one head-mean matrix (ref §3.5)."""
-    n = bm.shape[0]
-    dt = bm.dtype
-    past = jnp.asarray(np.tri(n, n, k=-1), dt)  # j < i
-    eq = (tok[:, None] == tok[None, :]).astype(dt)
-    scaled = bm * g.n_valid[:, None]
-    out = {}
-    for tag, pairs, vals in (("legacy", past, bm), ("valid", past * g.mask, scaled)):
-        same, diff = pairs * eq, pairs * (1.0 - eq)
-        out[f"rep_same_{tag}"] = _safe_div((vals * same).sum(), same.sum())
-        out[f"rep_diff_{tag}"] = _safe_div((vals * diff).sum(), diff.sum())
-    out["rep_pairs"] = (past * eq).sum()
-    is_sp = jnp.zeros((n,), bool)
-    for s in special_ids:
-        is_sp = is_sp | (tok == s)
-    sp = is_sp.astype(dt)
-    n_sp = sp.sum()
-    col_legacy = bm.mean(0)
-    col_valid = _safe_div((scaled * g.mask).sum(0), g.mask.sum(0))
-    for tag, col in (("legacy", col_legacy), ("valid", col_valid)):
-        out[f"special_mean_{tag}"] = jnp.where(n_sp > 0, _safe_div((col * sp).sum(), n_sp), jnp.nan)
-        out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(), n - n_sp)
-    out["special_count"] = n_sp
-    return out
-
-
-def _k_kl_head(k: Array) -> dict[str, Array]:
-    """KL properties of one head (ref §3.3)."""
-    n = k.shape[0]
-    off = jnp.asarray(~np.eye(n, dtype=bool), k.dtype)
-    n_off = max(n * (n - 1), 1)
-    diag = jnp.diagonal(k)
-    asym = (jnp.abs(k - k.T) * off).sum() / n_off
-    mean_abs = (jnp.abs(k) * off).sum() / n_off
-    return {
-        "kl_min": k.min(),
-        "kl_neg_frac": (k < 0).astype(k.dtype).mean(),
-        "kl_diag_max": diag.max(),
-        "kl_diag_mean": diag.mean(),
-        "kl_asym": asym,
-        "kl_asym_rel": asym / (mean_abs + 1e-12),
-    }
-
-
-def _masked_moments(x: Array, sel: Array, prefix: str) -> dict[str, Array]:
-    """mean / unbiased std / min / max of ``x`` over the selected entries (``sel`` bool)."""
+def _moments(x: Array, sel: Array, prefix: str) -> dict[str, Array]:
+    """mean / unbiased std / min / max of ``x`` over the entries where ``sel`` (bool) is set."""
     w = sel.astype(x.dtype)
     cnt = w.sum()
     mean = _safe_div((x * w).sum(), cnt)
@@ -396,14 +388,70 @@ def _masked_moments(x: Array, sel: Array, prefix: str) -> dict[str, Array]:
     }
 
 
-def _k_kl_mean(km: Array, mask: Array) -> dict[str, Array]:
-    """Spread of the head-mean KL of one (layer, batch) element (ref §6.3)."""
-    n = km.shape[0]
-    off = ~np.eye(n, dtype=bool)
-    out = _masked_moments(km, jnp.asarray(off), "kl_offdiag")
-    out.update(_masked_moments(km, mask & off, "kl_valid"))
-    s = min(KL_SAMPLE, n)
-    out["kl_sample"] = km[:s, :s]
+def _k_mean_head(
+    bm: Array,  # [N, N] head-mean attention
+    tok: Array | None,  # [N]
+    km: Array | None,  # [N, N] head-mean KL
+    g: _Geom,
+    special_ids: tuple[int, ...],
+) -> dict[str, Array]:
+    """Statistics of the head-mean attention (and KL) of one (layer, batch) element."""
+    n = bm.shape[0]
+    dt = bm.dtype
+    p = jnp.maximum(bm, LOG_EPS)
+    r = _row_reduce(
+        {
+            "ent": (p * jnp.log(p), "sum"),
+            "max": (bm, "max"),
+            **_std_terms(bm, g.off, 1.0 / n, "rl"),
+            **_std_terms(bm, g.sel_valid, g.inv_n, "rv"),
+            **_std_terms(bm, g.sel_bars, 1.0 / jnp.maximum(g.cnt_bars, 1.0)[:, None], "bar"),
+            "bar_sum": (bm * g.sel_bars, "sum"),
+        }
+    )
+    bar_std = _std_from(r, "bar", g.cnt_bars)
+    bar_mean = _safe_div(r["bar_sum"], g.cnt_bars)
+    out = {
+        "row_std_avg_legacy": _std_from(r, "rl", jnp.full((n,), n - 1.0)).mean(),
+        "row_std_avg_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
+        "row_uniformity_std": bar_std,
+        "row_uniformity_cv": jnp.where(bar_mean > 0, bar_std / jnp.maximum(bar_mean, 1e-30), 0.0),
+        "entropy_nats": -r["ent"].mean(),
+        "concentration": r["max"].mean(),
+        # positional profiles are linear in beta: the profile of the head mean is the profile
+        # pooled over heads (every head contributes the same pairs to each distance bucket)
+        "pos_profile_legacy": _diag_sums(bm * g.lower) / g.cnt_legacy,
+        "pos_profile_valid": jnp.where(
+            g.cnt_valid > 0, _diag_sums(bm * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0), jnp.nan
+        ),
+    }
+    if tok is not None:
+        past = jnp.asarray(np.tri(n, n, k=-1), dt)  # j < i
+        eq = (tok[:, None] == tok[None, :]).astype(dt)
+        scaled = bm * g.n_valid[:, None]
+        for tag, pairs, vals in (("legacy", past, bm), ("valid", past * g.mask, scaled)):
+            same, diff = pairs * eq, pairs * (1.0 - eq)
+            out[f"rep_same_{tag}"] = _safe_div((vals * same).sum(), same.sum())
+            out[f"rep_diff_{tag}"] = _safe_div((vals * diff).sum(), diff.sum())
+        out["rep_pairs"] = (past * eq).sum()
+        is_sp = jnp.zeros((n,), bool)
+        for s in special_ids:
+            is_sp = is_sp | (tok == s)
+        sp = is_sp.astype(dt)
+        n_sp = sp.sum()
+        col_legacy = bm.mean(0)
+        col_valid = _safe_div((scaled * g.mask).sum(0), g.mask.sum(0))
+        for tag, col in (("legacy", col_legacy), ("valid", col_valid)):
+            sp_mean = jnp.where(n_sp > 0, _safe_div((col * sp).sum(), n_sp), jnp.nan)
+            out[f"special_mean_{tag}"] = sp_mean
+            out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(), n - n_sp)
+        out["special_count"] = n_sp
+    if km is not None:
+        off = ~np.eye(n, dtype=bool)
+        out.update(_moments(km, jnp.asarray(off), "kl_offdiag"))
+        out.update(_moments(km, (g.mask > 0) & off, "kl_valid"))
+        s = min(KL_SAMPLE, n)
+        out["kl_sample"] = km[:s, :s]
     return out
 
 
@@ -419,7 +467,7 @@ def _pairwise_dist(x: Array) -> Array:
 def _k_mu(mu: Array) -> dict[str, Array]:
     n = mu.shape[0]
     d = _pairwise_dist(mu)
-    mom = _masked_moments(d, jnp.asarray(~np.eye(n, dtype=bool)), "mu_dist")
+    mom = _moments(d, jnp.asarray(~np.eye(n, dtype=bool)), "mu_dist")
     return {"mu_div": d.mean(), "mu_dist_mean": mom["mu_dist_mean"], "mu_dist_std": mom["mu_dist_std"]}
 
 
@@ -440,6 +488,19 @@ def _k_sigma(sd: Array) -> dict[str, Array]:
 # ------------------------------------------------------------------------------------------------
 # Public single-purpose functions (rank-polymorphic over leading axes, jitted)
 # ------------------------------------------------------------------------------------------------
+
+
+def _row_std_rows(beta: Array, mask: Array | None, mode: str, include_diag: bool | None):
+    n, m = beta.shape[-2:]
+    inc = _default_include_diag(mode, include_diag)
+    sel = _row_selection(_resolve_mask(mask, n, m), mode, inc).astype(beta.dtype)
+    cnt = sel.sum(-1)
+    shift = 1.0 / jnp.maximum(cnt, 1.0)[:, None]
+
+    def one(b):
+        return _std_from(_row_reduce(_std_terms(b, sel, shift, "r")), "r", cnt)
+
+    return _lift(one, beta.ndim - 2)(beta), cnt
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "include_diag"))
@@ -465,11 +526,8 @@ def row_std_per_row(
         ``(std [..., N], n_keys [N])``: per-row std (0 where a row has fewer than two keys) and
         the number of keys each row's std runs over.
     """
-    n, m = beta.shape[-2:]
-    inc = _default_include_diag(mode, include_diag)
-    sel = _row_selection(_resolve_mask(mask, n, m), mode, inc).astype(beta.dtype)
-    std = _lift(lambda b: _k_row_std(b, sel), beta.ndim - 2)(beta)
-    return std, sel.sum(-1).astype(jnp.int32)
+    std, cnt = _row_std_rows(beta, mask, mode, include_diag)
+    return std, cnt.astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "include_diag"))
@@ -498,11 +556,8 @@ def row_std(
     >>> float(row_std(b, mode="valid"))
     0.0
     """
-    n, m = beta.shape[-2:]
-    inc = _default_include_diag(mode, include_diag)
-    sel = _row_selection(_resolve_mask(mask, n, m), mode, inc).astype(beta.dtype)
-    cnt = sel.sum(-1)
-    return _lift(lambda b: _head_level(_k_row_std(b, sel), cnt, mode), beta.ndim - 2)(beta)
+    std, cnt = _row_std_rows(beta, mask, mode, include_diag)
+    return _head_level(std, cnt, mode)
 
 
 def row_std_label(value: float) -> str:
@@ -542,40 +597,44 @@ def row_sums(
 def _all_metrics_jit(
     beta, kl, mask, tokens, mu, phi, sigma_diag, *, special_ids, include_diag, query_var_batches
 ):
-    if not jnp.issubdtype(beta.dtype, jnp.floating):
-        beta = beta.astype(jnp.float32)
     n_layers, n_batch, _, n, m = beta.shape
     if n != m:
         raise ValueError(f"all_metrics needs square attention, got N={n}, M={m}")
     g = _Geom(mask, include_diag, beta.dtype)
+    kl = None if kl is None else kl.astype(beta.dtype)
+    with_kl = kl is not None
 
-    # per head: [L, B, H, ...]
-    out = _map_lead(lambda b: _k_head(b, g), (beta,), 3)
+    # per head, O(N*M): [L, B, H]
+    args = (beta, kl) if with_kl else (beta,)
+    out = _map_lead(lambda b, k=None: _k_head(b, k, g), args, 3)
+
+    # per head, O(N^3) / transposes, on the first Bq batch elements: [L, Bq, H]
+    bq = max(1, min(query_var_batches, n_batch))
+    args = (beta[:, :bq], kl[:, :bq]) if with_kl else (beta[:, :bq],)
+    out.update(_map_lead(lambda b, k=None: _k_pairwise(b, k, g), args, 3))
+
+    # per (layer, batch) on head means: [L, B, ...]
+    args = [beta.mean(axis=2)]
+    if tokens is not None:
+        args.append(jnp.broadcast_to(jnp.asarray(tokens), (n_layers,) + tokens.shape))
+    if with_kl:
+        args.append(kl.mean(axis=2))
+
+    def mean_kernel(bm, *rest):
+        rest = list(rest)
+        tok = rest.pop(0) if tokens is not None else None
+        km = rest.pop(0) if with_kl else None
+        return _k_mean_head(bm, tok, km, g, special_ids)
+
+    out.update(_map_lead(mean_kernel, tuple(args), 2))
     for tag in ("legacy", "valid"):
-        pooled = jnp.nanmean(out[f"pos_profile_{tag}"], axis=2)  # equal pair counts per head
-        near = jnp.nanmean(pooled[..., 1 : 1 + POS_BUCKETS], -1)
-        far = jnp.nanmean(pooled[..., max(n - POS_BUCKETS, 1) :], -1)
+        prof = out[f"pos_profile_{tag}"]
+        near = jnp.nanmean(prof[..., 1 : 1 + POS_BUCKETS], -1)
+        far = jnp.nanmean(prof[..., max(n - POS_BUCKETS, 1) :], -1)
         out[f"pos_near_{tag}"], out[f"pos_far_{tag}"] = near, far
         enough = n - 1 >= 2 * POS_BUCKETS  # the reference needs >= 10 distances
         out[f"pos_ratio_{tag}"] = near / (far + RATIO_EPS) if enough else jnp.full_like(near, jnp.nan)
-        out[f"pos_all_{tag}"] = jnp.nanmean(pooled[..., 1:], -1)
-
-    # query variation on the first Bq batch elements (O(N^3) per head)
-    bq = max(1, min(query_var_batches, n_batch))
-    qv = _map_lead(lambda b: _k_query_var(b, g.u), (beta[:, :bq],), 3)
-    out["query_var_legacy"], out["query_var_valid"] = qv
-
-    # head-mean attention: [L, B, ...]
-    bm = beta.mean(axis=2)
-    out.update(_map_lead(lambda x: _k_mean_head(x, g), (bm,), 2))
-    if tokens is not None:
-        tok = jnp.broadcast_to(jnp.asarray(tokens), (n_layers,) + tokens.shape)
-        out.update(_map_lead(lambda x, t: _k_tokens(x, t, g, special_ids), (bm, tok), 2))
-
-    if kl is not None:
-        kl = kl.astype(beta.dtype)
-        out.update(_map_lead(_k_kl_head, (kl,), 3))
-        out.update(_map_lead(lambda x: _k_kl_mean(x, mask), (kl.mean(axis=2),), 2))
+        out[f"pos_all_{tag}"] = jnp.nanmean(prof[..., 1:], -1)
 
     for x, kern in ((mu, _k_mu), (phi, _k_phi), (sigma_diag, _k_sigma)):
         if x is None:
@@ -625,6 +684,8 @@ def all_metrics(
         diversity values are broadcast over layers when the inputs are shared.
     """
     beta = jnp.asarray(beta)
+    if not jnp.issubdtype(beta.dtype, jnp.floating):
+        beta = beta.astype(jnp.float32)
     if beta.ndim == 4:
         beta = beta[None]
         kl = None if kl is None else jnp.asarray(kl)[None]

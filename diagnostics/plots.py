@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +34,9 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps, font_manager, ft2font
 from matplotlib.axes import Axes
-from matplotlib.lines import Line2D
 from matplotlib.figure import Figure, SubFigure
-from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from diagnostics import recency as rec
 
@@ -45,26 +44,28 @@ __all__ = [
     "FigureRecord",
     "format_token",
     "format_tokens",
-    "valid_key_mask",
-    "valid_row_std",
     "head_row_std",
-    "row_std_status",
     "irrep_of",
-    "plot_attention_with_context",
-    "plot_head_heatmap",
     "plot_all_heads",
     "plot_attention_flow",
-    "topk_report",
-    "plot_sample_heatmaps",
+    "plot_attention_with_context",
+    "plot_head_heatmap",
+    "plot_irrep_summary",
+    "plot_kappa_sweep",
     "plot_recency_lines",
     "plot_recency_summary",
-    "plot_kappa_sweep",
-    "plot_irrep_summary",
+    "plot_sample_heatmaps",
     "plot_training_curves",
+    "row_std_status",
+    "topk_report",
+    "valid_key_mask",
+    "valid_row_std",
 ]
 
 SHARP, MEDIUM = 0.1, 0.05
-STATUS_COLOURS = {"SHARP": "#1a7f37", "MEDIUM": "#d97706", "UNIFORM": "#c62828"}
+STATUS_COLOURS = {
+    "SHARP": "#1a7f37", "MEDIUM": "#d97706", "UNIFORM": "#c62828", "n/a": "#555555",
+}
 MASK_COLOUR = "#e6e6e6"
 MAX_TOKEN_TICKS = 48
 _MONO = ["DejaVu Sans Mono", "DejaVu Sans"]
@@ -95,6 +96,7 @@ class FigureRecord:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def __fspath__(self) -> str:
+        """The PNG path as a string."""
         return str(self.path)
 
 
@@ -112,7 +114,7 @@ def _font_charset() -> frozenset[int]:
 
 
 def _escape_char(ch: str, charset: frozenset[int] | None) -> str:
-    """Printable replacement of one character (``\\xNN``, ``\\uNNNN``, ``⟨?⟩`` …)."""
+    r"""Printable replacement of one character (``\\xNN``, ``\\uNNNN``, ``⟨?⟩`` …)."""
     cp = ord(ch)
     special = {"\n": "↵", "\r": "\\r", "\t": "\\t", "\ufffd": "⟨?⟩"}
     if ch in special:
@@ -133,7 +135,7 @@ def format_token(
     mark_spaces: bool = True,
     for_matplotlib: bool = False,
 ) -> str:
-    """Makes a decoded BPE piece displayable.
+    r"""Makes a decoded BPE piece displayable.
 
     Raw ``bytes`` that are not valid UTF-8 (partial multi-byte pieces) are shown as ``\\xNN``;
     U+FFFD from a lossy decode as ``⟨?⟩``; newlines as ``↵``; other unprintable characters as
@@ -246,7 +248,14 @@ def head_row_std(beta_heads: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def row_std_status(value: float) -> str:
-    """``SHARP`` (> 0.1), ``MEDIUM`` (> 0.05) or ``UNIFORM``."""
+    """Status of a row_std value.
+
+    Returns:
+        ``SHARP`` (> 0.1), ``MEDIUM`` (> 0.05), ``UNIFORM``, or ``n/a`` for NaN (no query row
+        with two valid keys).
+    """
+    if not np.isfinite(value):
+        return "n/a"
     if value > SHARP:
         return "SHARP"
     return "MEDIUM" if value > MEDIUM else "UNIFORM"
@@ -256,7 +265,7 @@ _IRREP_RE = re.compile(r"(?:ℓ|l|L|ell)\s*=?\s*(\d+)")
 
 
 def irrep_of(label: str) -> tuple[int | None, bool]:
-    """Parses ``"ℓ1"`` → ``(1, False)``, ``"ℓ0_pad"`` → ``(0, True)``; unknown → ``(None, ...)``."""
+    """Parses an irrep label: ``"ℓ1"`` → ``(1, False)``, ``"ℓ0_pad"`` → ``(0, True)``."""
     m = _IRREP_RE.search(label)
     return (int(m.group(1)) if m else None), ("pad" in label.lower())
 
@@ -334,13 +343,25 @@ def _caption_lines(caption: Mapping[str, Any], n: int, extra: str = "") -> list[
     masked = caption.get("self_attention_masked")
     mask_txt = "unknown" if masked is None else ("yes" if masked else "no")
     ckpt = caption.get("checkpoint") or "random weights"
-    preview = _display_text(str(caption.get("text_preview", "")))[:80]
+    preview = _display_text(str(caption.get("text_preview") or ""))[:80]
     line1 = (f"Source: {_display_text(str(caption['source']))}  |  checkpoint: "
              f"{_display_text(str(ckpt))}  |  self-attention masked: {mask_txt}  |  N = {n}")
     lines = [line1 + (f"  |  {extra}" if extra else "")]
     if preview:
         lines.append(f"Text: \u201c{preview}\u2026\u201d")
     return lines
+
+
+def _with_preview(caption: Mapping[str, Any], tokens: Sequence[str | bytes] | None
+                  ) -> dict[str, Any]:
+    """Caption copy whose missing ``text_preview`` is the concatenated tokens."""
+    cap = dict(caption)
+    if not cap.get("text_preview") and tokens is not None:
+        cap["text_preview"] = "".join(
+            bytes(t).decode("utf-8", "replace") if isinstance(t, (bytes, bytearray)) else str(t)
+            for t in tokens
+        )
+    return cap
 
 
 def _self_masked(caption: Mapping[str, Any] | None) -> bool:
@@ -393,14 +414,6 @@ def _ticks(ax: Axes, labels: list[str] | None, n: int, *, span_in: float, limit:
     ax.tick_params(length=2, pad=1)
 
 
-def _hide_ticks(ax: Axes, x: bool = True, y: bool = True) -> None:
-    """Removes tick labels on one or both axes."""
-    if x:
-        ax.tick_params(labelbottom=False)
-    if y:
-        ax.tick_params(labelleft=False)
-
-
 def _grid_shape(h: int, max_cols: int = 6) -> tuple[int, int]:
     """Rows and columns for ``h`` panels, balanced."""
     rows = max(1, math.ceil(h / max_cols))
@@ -409,21 +422,26 @@ def _grid_shape(h: int, max_cols: int = 6) -> tuple[int, int]:
 
 def _status_title(ax: Axes, head: int, label: str, value: float, fs: float = 9.0) -> None:
     """Head title: irrep label and row_std status, coloured by the status."""
-    status = row_std_status(value) if np.isfinite(value) else "UNIFORM"
+    status = row_std_status(value)
     ax.set_title(f"h{head} \u00b7 {label}\nrow_std {value:.3f} {status}", fontsize=fs,
                  color=STATUS_COLOURS[status], linespacing=1.15)
 
 
-def _outer_labels(axes: np.ndarray, h: int, cols: int, xlabel: str, ylabel: str) -> None:
-    """Tick labels and axis labels only on the left column and on the lowest panel rows."""
+def _outer_labels(axes: np.ndarray, h: int, cols: int, xlabel: str, ylabel: str, *,
+                  x_all: bool = False) -> None:
+    """Tick labels only on the left column and the lowest panels (x on all if ``x_all``).
+
+    With token tick labels use ``x_all``: a grid row whose panels differ in x labels gets the
+    largest bottom margin for all of its panels, which shrinks that row.
+    """
     for idx, ax in enumerate(axes.flat[:h]):
         bottom, left = idx + cols >= h, idx % cols == 0
-        ax.tick_params(labelbottom=bottom, labelleft=left, labelsize=7)
+        ax.tick_params(labelbottom=bottom or x_all, labelleft=left, labelsize=7)
         ax.set_xlabel(xlabel if bottom else "", fontsize=8)
         ax.set_ylabel(ylabel if left else "", fontsize=8)
 
 
-def _text_panel(sub: Figure | SubFigure, lines: list[str], token_text: str, width_in: float,
+def _text_panel(sub: Figure | SubFigure, lines: list[str], token_text: str,
                 fontsize: float = 8.5) -> None:
     """Caption lines plus the decoded sequence in a monospace box."""
     ax = sub.add_subplot(label="tokens")
@@ -517,8 +535,8 @@ def plot_attention_with_context(
             local valid-keys computation.
         kappa: attention temperature κ (the warning compares the spread of KL/κ).
         kl_spread_threshold: threshold on the mean per-row std of KL/κ.
-        max_token_ticks: token tick labels on the large panels when N ≤ this (a third of it on
-            the per-head panels).
+        max_token_ticks: token tick labels on the large panels when N ≤ this (the per-head
+            panels show positions; the sequence box maps positions to tokens).
         prefix: file-name prefix.
         dpi: PNG resolution.
 
@@ -534,6 +552,7 @@ def plot_attention_with_context(
     labels = _check_labels(head_labels, h)
     toks = _check_tokens(tokens, n)
     mask = valid_key_mask(n, causal=causal, self_masked=_self_masked(caption))
+    caption = _with_preview(caption, tokens)
     records = []
     for li in (range(n_layers) if layers is None else layers):
         stats_l = None
@@ -569,8 +588,7 @@ def _context_figure(
     fig.suptitle(f"Attention with context \u2014 layer {layer[0]} of {layer[1]}, batch element "
                  f"{batch}", fontsize=14, fontweight="bold")
     top, mid, bot = fig.subfigures(3, 1, height_ratios=[text_h, head_h, bottom_h])
-    _text_panel(top, _caption_lines(caption, n, f"layer {layer[0]}/{layer[1]}"), seq, width,
-                seq_fs)
+    _text_panel(top, _caption_lines(caption, n, f"layer {layer[0]}/{layer[1]}"), seq, seq_fs)
     _head_panels(mid, beta, mask, labels, stats, toks, tick_limit, cols)
     avg_std, notes, kl_spread = _bottom_panels(bot, beta, kl, mask, toks, tick_limit, kappa,
                                                kl_thr, width)
@@ -586,7 +604,6 @@ def _head_panels(sub: SubFigure, beta: np.ndarray, mask: np.ndarray, labels: lis
     rows = math.ceil(h / cols)
     vmin = _log_floor(n)
     axes = sub.subplots(rows, cols, squeeze=False)
-    small_limit = max(8, tick_limit // 3)
     im = None
     for idx, ax in enumerate(axes.flat):
         if idx >= h:
@@ -596,7 +613,7 @@ def _head_panels(sub: SubFigure, beta: np.ndarray, mask: np.ndarray, labels: lis
         ax.set_label(f"head:{idx}")
         im = _heatmap(ax, beta[idx], mask, log=True, vmin=vmin, vmax=0.0, cmap="viridis")
         _status_title(ax, idx, labels[idx], float(stats[idx]))
-        _ticks(ax, toks, n, span_in=2.3, limit=small_limit)
+        _ticks(ax, None, n, span_in=2.3, limit=0)  # tokens: see the large panels below
     _outer_labels(axes, h, cols, "key j", "query i")
     cb = sub.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, pad=0.01, aspect=30)
     cb.set_label("log\u2081\u2080 \u03b2\u1d62\u2c7c  (grey = masked key)", fontsize=9)
@@ -678,12 +695,15 @@ def _kl_block(sub: SubFigure, kl: np.ndarray, mask: np.ndarray, toks: list[str] 
     cb = sub.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=35, pad=0.02)
     cb.set_label("KL [nats]  (colour clipped at 99th percentile)", fontsize=9)
     spread = valid_row_std(kl / kappa, mask)
-    mean_spread = float(np.nanmean(spread)) if np.isfinite(spread).any() else 0.0
+    mean_spread = float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan")
     _row_bars(bx, spread, "#ef8a62", thr, f"threshold {thr:g}")
     bx.set_title("KL spread per row\nstd(KL/\u03ba) over valid keys", fontsize=9)
     bx.set_xlabel(f"std (\u03ba = {kappa:g})", fontsize=8)
     notes: list[str] = []
-    if mean_spread < thr:
+    if not np.isfinite(mean_spread):
+        sub.suptitle("KL spread undefined: no query has two valid keys", fontsize=10,
+                     color="#555555")
+    elif mean_spread < thr:
         msg = (f"\u26a0 KL too uniform: mean row std of KL/\u03ba = {mean_spread:.3f} < "
                f"{thr:g} \u2192 softmax(\u2212KL/\u03ba) is near-uniform")
         notes.append(msg)
@@ -713,7 +733,7 @@ def _single_heatmap(ax: Axes, mat: np.ndarray, mask: np.ndarray, toks: list[str]
     ax.set_ylabel("query i (attending from)")
     if annotate and n <= 16:
         fs = _tick_fontsize(n, span_in) - 1
-        for i, j in zip(*np.nonzero(mask & (mat >= 0.1))):
+        for i, j in zip(*np.nonzero(mask & (mat >= 0.1)), strict=True):
             ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=fs,
                     color="white" if (log or mat[i, j] > 0.6) else "black")
     return im
@@ -777,7 +797,8 @@ def plot_head_heatmap(
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("log\u2081\u2080 \u03b2\u1d62\u2c7c" if log_scale else "\u03b2\u1d62\u2c7c")
     if caption:
-        fig.suptitle("\n".join(_caption_lines(caption, n)), fontsize=8, x=0.01, ha="left")
+        lines = _caption_lines(_with_preview(caption, tokens), n)
+        fig.suptitle("\n".join(lines), fontsize=8, x=0.01, ha="left")
     return _save(fig, out, dpi, stats={"row_std": std})
 
 
@@ -835,7 +856,8 @@ def plot_all_heads(
         im = _single_heatmap(ax, b[layer, batch, idx], mask, toks, log=log_scale,
                              span_in=panel - 1.0, limit=max_token_ticks, annotate=False)
         _status_title(ax, idx, labels[idx], float(stats[idx]))
-    _outer_labels(axes, h, cols, "key j (attended to)", "query i (attending from)")
+    _outer_labels(axes, h, cols, "key j (attended to)", "query i (attending from)",
+                  x_all=toks is not None and n <= max_token_ticks)
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, aspect=30)
     cb.set_label("log\u2081\u2080 \u03b2\u1d62\u2c7c" if log_scale else "\u03b2\u1d62\u2c7c")
     fig.suptitle(f"Layer {layer}: all {h} heads (batch element {batch})", fontsize=13,
@@ -984,8 +1006,8 @@ def topk_report(
         lab = f" ({head_labels[head]})" if head_labels is not None else ""
         what = f"head {head}{lab}"
     keys = "j \u2264 i" if causal else "all j"
-    lines = [f"Top-{k} attended tokens per query \u2014 {what}, batch element {batch}, "
-             f"keys {keys}"]
+    lines = [(f"Top-{k} attended tokens per query \u2014 {what}, batch element {batch}, "
+              f"keys {keys}")]
     for li in (range(n_layers) if layers is None else layers):
         mat = b[li, batch].mean(0) if head is None else b[li, batch, head]
         lines.append(f"\nLayer {li}:")
@@ -1075,7 +1097,7 @@ def plot_sample_heatmaps(
                               cmap="viridis")
                 _ticks(ax, toks, n, span_in=2.2, limit=16)
                 _status_title(ax, idx, labels[idx], float(stats[idx]))
-            _outer_labels(axes, h, cols, "key j", "query i")
+            _outer_labels(axes, h, cols, "key j", "query i", x_all=toks is not None and n <= 16)
             cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, aspect=30)
             cb.set_label("log\u2081\u2080 \u03b2\u1d62\u2c7c")
             fig.suptitle(f"Sample {s}, layer {li}: per-head attention (N = {n})",
@@ -1175,7 +1197,7 @@ def plot_recency_summary(
     out: str | os.PathLike[str],
     *,
     head_labels: Sequence[str] | None = None,
-    thresholds: rec.Thresholds = rec.Thresholds(),
+    thresholds: rec.Thresholds | None = None,
     dpi: int = 150,
 ) -> FigureRecord:
     """Summary distributions across samples (seed 003), one box per layer.
@@ -1189,13 +1211,14 @@ def plot_recency_summary(
         analysis: result of :func:`diagnostics.recency.analyze_recency`.
         out: PNG path.
         head_labels: optional H labels (point colours, legend).
-        thresholds: thresholds drawn as dashed lines.
+        thresholds: thresholds drawn as dashed lines (default :class:`recency.Thresholds`).
         dpi: PNG resolution.
 
     Returns:
         :class:`FigureRecord`.
     """
     a = analysis
+    thresholds = thresholds or rec.Thresholds()
     s_n, l_n, h = a.shape
     labels = [_display_text(x) for x in head_labels] if head_labels else [""] * h
     if len(labels) != h:
@@ -1215,7 +1238,7 @@ def plot_recency_summary(
     ]
     fig = Figure(figsize=(15, 8.2), layout="constrained")
     axes = fig.subplots(2, 3).ravel()
-    for ax, (key, data, title, refs, logy) in zip(axes, panels):
+    for ax, (key, data, title, refs, logy) in zip(axes, panels, strict=False):
         ax.set_label(f"summary:{key}")
         _box_by_layer(ax, data, labels, title, refs, logy)
     axes[0].set_ylim(0, max(2.0 / a.n_context, float(np.nanmax(last.mean)) * 1.1))
@@ -1246,7 +1269,7 @@ def plot_recency_summary(
 def _box_by_layer(ax: Axes, data: np.ndarray, labels: list[str], title: str,
                   refs: list[tuple[float, str]] | None, logy: bool) -> None:
     """Box per layer over samples × heads, with jittered points coloured by irrep."""
-    s_n, l_n, h = data.shape
+    _, l_n, h = data.shape
     groups = [data[:, li].ravel() for li in range(l_n)]
     groups = [g[np.isfinite(g)] for g in groups]
     ax.boxplot([g if g.size else np.array([np.nan]) for g in groups], positions=range(l_n),
@@ -1499,11 +1522,12 @@ def plot_training_curves(
     ax.set_ylabel("cross-entropy loss [nats]")
     px.set_ylabel("perplexity")
     px.set_yscale("log")
+    px.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     px.yaxis.set_major_formatter(ScalarFormatter())
     px.yaxis.set_minor_formatter(NullFormatter())
     for a_ in (ax, px):
         a_.set_xlabel("step")
-        a_.grid(alpha=0.3, which="both")
+        a_.grid(alpha=0.3)
         if a_.lines:
             a_.legend(fontsize=9)
     fig.suptitle(title, fontsize=12, fontweight="bold")

@@ -32,17 +32,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "RowStats",
     "RecencyAnalysis",
-    "Thresholds",
     "Recommendation",
-    "context_mask",
-    "row_stats",
+    "RowStats",
+    "Thresholds",
     "analyze_recency",
+    "context_mask",
     "coverage_k",
+    "format_report",
     "insights",
     "recommend_compression",
-    "format_report",
+    "row_stats",
 ]
 
 
@@ -314,7 +314,7 @@ def _context_profile(a: RecencyAnalysis, layer: int, head: int) -> np.ndarray:
 
 def _head_table(a: RecencyAnalysis, t: Thresholds) -> dict[str, np.ndarray]:
     """Per (layer, head) medians, K values and pattern flags."""
-    s, layers, heads = a.shape
+    _, layers, heads = a.shape
     n = a.n_context
     k_last = np.zeros((layers, heads), int)
     k_top = np.zeros((layers, heads), int)
@@ -382,10 +382,10 @@ def insights(
         ("uniform", "Broad / near-uniform attention",
          f"median entropy > {t.entropy_nats:.2f} nats and entropy/ln(n) > {t.entropy_norm:.2f}"),
         ("sparse", "Sparse attention",
-         f"top-K positions hold {t.coverage:.0%} of the mass with "
-         f"K <= {int(tab['sparse_k'][0, 0])} (= ceil({t.sparse_frac:g}·n))"),
+         (f"top-K positions hold {t.coverage:.0%} of the mass with "
+          f"K <= {int(tab['sparse_k'][0, 0])} (= ceil({t.sparse_frac:g}·n))")),
     ):
-        pairs = list(zip(*np.nonzero(tab[key])))
+        pairs = list(zip(*np.nonzero(tab[key]), strict=True))
         if pairs:
             out.append(
                 f"INSIGHT: {name} in {len(pairs)}/{total} heads [{rule}]: "
@@ -421,7 +421,7 @@ def recommend_compression(
     t = thresholds
     tab = _head_table(a, t)
     n = a.n_context
-    all_pairs = tuple(zip(*np.nonzero(np.ones_like(tab["recency"]))))
+    all_pairs = tuple(zip(*np.nonzero(np.ones_like(tab["recency"])), strict=True))
     recs: list[Recommendation] = []
     cov = f"keeps >= {t.coverage:.0%} of every head's mean last-query attention"
     if tab["recency"].all():
@@ -449,7 +449,7 @@ def recommend_compression(
             f"and > {t.entropy_norm:.2f}·ln n): compress with care; with budget "
             f"{t.uniform_budget:.0%} (K={k} of n={n}) near-uniform heads keep ≈{k / n:.0%}",
             f"history = history[np.linspace(0, len(history) - 1, {k}).astype(int)]",
-            heads=tuple(zip(*np.nonzero(uni))),
+            heads=tuple(zip(*np.nonzero(uni), strict=True)),
         ))
     if not recs:
         recs.append(Recommendation(
@@ -497,14 +497,15 @@ def format_report(
     ctx += "" if a.include_self else ", j ≠ i"
     lines = [
         "=" * 96,
-        f"RECENCY ANALYSIS: last query row, {s} samples, {layers} layers × {heads} heads, "
-        f"context n={a.n_context} ({ctx})",
-        f"thresholds: recency ratio > {t.recency_ratio}, entropy > {t.entropy_nats} nats and "
-        f"> {t.entropy_norm}·ln n, sparse top-K ≤ ceil({t.sparse_frac}·n), "
-        f"coverage {t.coverage:.0%}, recent/distant = {a.recent_frac:.0%} vs {a.recent_frac:.0%}",
+        (f"RECENCY ANALYSIS: last query row, {s} samples, {layers} layers × {heads} heads, "
+         f"context n={a.n_context} ({ctx})"),
+        (f"thresholds: recency ratio > {t.recency_ratio}, entropy > {t.entropy_nats} nats and "
+         f"> {t.entropy_norm}·ln n, sparse top-K ≤ ceil({t.sparse_frac}·n), "
+         f"coverage {t.coverage:.0%}, recent/distant = {a.recent_frac:.0%} vs "
+         f"{a.recent_frac:.0%}"),
         "=" * 96,
-        f"{'layer':>5} {'head':>10} {'mean':>7} {'std':>7} {'H(nats)':>8} {'H/lnN':>6} "
-        f"{'argmax':>7} {'dist':>5} {'ratio':>7} {'K_last':>6} {'K_top':>6}  pattern",
+        (f"{'layer':>5} {'head':>10} {'mean':>7} {'std':>7} {'H(nats)':>8} {'H/lnN':>6} "
+         f"{'argmax':>7} {'dist':>5} {'ratio':>7} {'K_last':>6} {'K_top':>6}  pattern"),
     ]
     for li in range(layers):
         for hi in range(heads):

@@ -1,0 +1,94 @@
+"""The free-energy training loss (ref-architecture §8.2): CE + belief alignment + self-consistency.
+
+* CE: mean next-token cross-entropy over all positions (targets ``-100`` are ignored).
+* belief alignment: ``λ_β · mean_{b,h} Σ_{i,j} β_ij KL_ij`` of the **last** block's attention (masked pairs
+  enter at the β floor in the reference profile).
+* self-consistency: ``α · mean_{b,i} KL(N(μ_i, Σ_i) ‖ N(μ_prior,i, Σ_prior,i))`` on the final beliefs, with
+  both covariances held constant (the reference detaches them).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gaugeformer.axes import Array, Float, Int
+from gaugeformer.ops import blocks
+from gaugeformer.ops import gaussian as gs
+
+
+def gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, eps: float, eps_log: float) -> Float[Array, "B N"]:
+    """``KL(N(μ_q, Σ_q) ‖ N(μ_p, Σ_p))`` per token over block-diagonal covariances, clamped at 0.
+
+    Each argument is a per-group list (``[B,N,h,d]`` means, ``[B,N,h,d,d]`` covariances); both covariances
+    get ``eps·I`` and the log-dets carry ``eps_log`` inside the log, as the reference's full-K KL does.
+    """
+    total = 0.0
+    for mq, sq, mp, sp in zip(mu_q, sig_q, mu_p, sig_p):
+        d = mq.shape[-1]
+        lp = jnp.linalg.cholesky(gs.add_eye(sp, eps))
+        lq = jnp.linalg.cholesky(gs.add_eye(sq, eps))
+        x = jax.scipy.linalg.solve_triangular(lp, lq, lower=True)
+        y = jax.scipy.linalg.solve_triangular(lp, (mq - mp)[..., None], lower=True)[..., 0]
+        kl = (jnp.sum(x * x, axis=(-2, -1)) + jnp.sum(y * y, -1) - d
+              + gs.chol_logdet(lp, eps_log) - gs.chol_logdet(lq, eps_log))
+        total = total + 0.5 * jnp.sum(kl, axis=-1)
+    return jnp.maximum(total, 0.0)
+
+
+def cross_entropy(logits: Float[Array, "B N V"], targets: Int[Array, "B N"], ignore_index: int = -100):
+    """Mean CE over positions whose target is not ``ignore_index``."""
+    valid = targets != ignore_index
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
+    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def attention_metrics(beta: Float[Array, "B H N M"], kl: Float[Array, "B H N M"]) -> dict:
+    """The reference's per-step attention scalars (ref-diagnostics §6.2)."""
+    mean_beta = jnp.maximum(jnp.mean(beta, axis=1), 1e-10)
+    return {
+        "attention/beta_mean": jnp.mean(beta),
+        "attention/kl_mean": jnp.mean(kl),
+        "attention/entropy": jnp.mean(-jnp.sum(mean_beta * jnp.log(mean_beta), -1)),
+        "attention/concentration": jnp.mean(jnp.max(mean_beta, -1)),
+    }
+
+
+def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lambda_beta: float = 1.0,
+                     train: bool = True, beta_override=None):
+    """Loss and metrics of one batch through the model's training forward.
+
+    Args:
+      model: a :class:`~gaugeformer.model.lm.GaugeTransformerLM`.
+      tokens / targets: ``[B, N]`` ids (targets ``-100`` ignored).
+      alpha: self-consistency weight (default: the model's ``alpha``, which the reference shares).
+      lambda_beta: belief-alignment weight.
+      train: run the FFN's φ step (the reference computes its loss in grad mode).
+      beta_override: forwarded to the model (ablations).
+
+    Returns:
+      ``(loss, metrics)`` with the reference's metric names (``loss/total``, ``loss/ce``, …).
+    """
+    cfg = model.cfg
+    alpha = cfg.alpha if alpha is None else alpha
+    logits, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override)
+    ce = cross_entropy(logits, targets)
+    align = lambda_beta * jnp.mean(jnp.sum(st.beta * st.kl, axis=(-2, -1)))
+    mu_q = blocks.split_mu(st.mu, cfg.layout)
+    mu_p = blocks.split_mu(st.mu_prior, cfg.layout)
+    sig_q = [jax.lax.stop_gradient(_full(s)) for s in st.sigma]
+    sig_p = [jax.lax.stop_gradient(_full(s)) for s in st.sigma_prior]
+    self_consistency = alpha * jnp.mean(gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, cfg.kl_eps, cfg.eps_log))
+    total = ce + align + self_consistency
+    metrics = {
+        "loss/total": total,
+        "loss/ce": ce,
+        "loss/belief_align": align,
+        "loss/self_consistency": self_consistency,
+        "loss/model_align": jnp.zeros(()),
+        **attention_metrics(st.beta, st.kl),
+    }
+    return total, metrics
+
+
+def _full(s):
+    return s[..., :, None] * jnp.eye(s.shape[-1], dtype=s.dtype) if s.ndim == 4 else s
