@@ -198,14 +198,16 @@ def _safe_div(num: Array, den: Array) -> Array:
 
 
 def _diag_sums(x: Array) -> Array:
-    """Sums along sub-diagonals: ``out[d] = sum_i x[i, i-d]``, d = 0..N-1. ``x [N, N]``.
+    """Sums along sub-diagonals: ``out[..., d] = sum_i x[..., i, i-d]``, d = 0..N-1.
 
-    ``x`` must be zero above the diagonal. Uses a reshape "skew" (flat index ``i(N+1) - d``
-    lands in column ``N+1-d`` of an ``[N, N+1]`` view) instead of a gather.
+    ``x [..., N, N]`` must be zero above the diagonal. Uses a reshape "skew" (flat index
+    ``i(N+1) - d`` lands in column ``N+1-d`` of an ``[N, N+1]`` view) instead of a gather.
     """
-    n = x.shape[0]
-    y = jnp.concatenate([x.reshape(-1), jnp.zeros((n,), x.dtype)]).reshape(n, n + 1).sum(0)
-    return jnp.concatenate([y[:1], y[:0:-1][: n - 1]])
+    n = x.shape[-1]
+    lead = x.shape[:-2]
+    flat = jnp.concatenate([x.reshape(lead + (n * n,)), jnp.zeros(lead + (n,), x.dtype)], -1)
+    y = flat.reshape(lead + (n, n + 1)).sum(-2)
+    return jnp.concatenate([y[..., :1], y[..., :0:-1][..., : n - 1]], -1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,6 +285,9 @@ class _Geom:
         self.inv_n = (1.0 / jnp.maximum(self.n_valid, 1.0))[:, None]  # [N, 1]
         self.has2 = f(self.n_valid >= 2)
         self.u = self.mask * self.inv_n  # uniform over valid keys
+        self.past = f(np.tri(n, m, k=-1, dtype=bool))  # j < i
+        self.past_valid = self.past * self.mask
+        self.w_col = self.mask * self.n_valid[:, None]  # n_i on valid pairs
         self.sel_bars = jnp.maximum(self.mask, f(eye))  # §2.4: valid keys plus the diagonal
         self.cnt_bars = self.sel_bars.sum(-1)
         if n == m:  # positional tables: weight n_i on valid past pairs, pair counts per distance
@@ -291,9 +296,9 @@ class _Geom:
             self.cnt_valid = _diag_sums(self.mask * self.lower)
 
 
-def _k_head(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
-    """All O(N*M) single-head statistics of one attention matrix ``b [N, M]`` (and its KL)."""
-    n, m = b.shape
+def _k_head_rows(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
+    """Per-row accumulators ``[N]`` of one head ``b [N, M]`` (and its KL) in one pass."""
+    m = b.shape[1]
     plogp = b * jnp.log(b + LOG_EPS)
     fut = b * g.future
     terms = {
@@ -309,44 +314,60 @@ def _k_head(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
         **_std_terms(b, g.sel_valid, g.inv_n, "rv"),
     }
     if k is not None:
-        terms.update({"kmin": (k, "min"), "kneg": ((k < 0).astype(b.dtype), "sum")})
+        terms.update(kmin=(k, "min"), kneg=((k < 0).astype(b.dtype), "sum"))
     r = _row_reduce(terms)
+    if k is not None:
+        r["kdiag"] = jnp.diagonal(k)
+    return r
+
+
+def _finish_head(r: dict[str, Array], g: _Geom) -> dict[str, Array]:
+    """Head-level metrics ``[...]`` from the per-row accumulators ``[..., N]``."""
+    n, m = g.n, g.m
     has2 = g.has2
     n_has2 = jnp.maximum(has2.sum(), 1.0)
     d_legacy = jnp.sqrt(r["a2"] / m)
     d_valid = jnp.sqrt(r["v2"] * g.inv_n[:, 0]) * has2
     ln_n = jnp.log(jnp.maximum(g.n_valid, 2.0))
     out = {
-        "row_std_legacy": _std_from(r, "rl", jnp.full((n,), m - 1.0)).mean(),
+        "row_std_legacy": _std_from(r, "rl", jnp.full((n,), m - 1.0)).mean(-1),
         "row_std_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
-        "rowsum_maxerr_all": jnp.abs(r["s1"] - 1.0).max(),
-        "rowsum_maxerr_valid": jnp.abs(r["s1v"] - 1.0).max(),
-        "future_max": r["fmax"].max(),
-        "future_mass_max": r["f"].max(),
-        "future_mass_mean": r["f"].mean(),
-        "entropy_norm_legacy": (-r["h"]).mean() / max(math.log(m), LOG_EPS),
-        "entropy_norm_valid": (-r["hv"] / ln_n * has2).sum() / n_has2,
-        "uniform_dev_mean_legacy": d_legacy.mean(),
-        "uniform_dev_max_legacy": d_legacy.max(),
-        "uniform_dev_mean_valid": d_valid.sum() / n_has2,
-        "uniform_dev_max_valid": d_valid.max(),
+        "rowsum_maxerr_all": jnp.abs(r["s1"] - 1.0).max(-1),
+        "rowsum_maxerr_valid": jnp.abs(r["s1v"] - 1.0).max(-1),
+        "future_max": r["fmax"].max(-1),
+        "future_mass_max": r["f"].max(-1),
+        "future_mass_mean": r["f"].mean(-1),
+        "entropy_norm_legacy": (-r["h"]).mean(-1) / max(math.log(m), LOG_EPS),
+        "entropy_norm_valid": (-r["hv"] / ln_n * has2).sum(-1) / n_has2,
+        "uniform_dev_mean_legacy": d_legacy.mean(-1),
+        "uniform_dev_max_legacy": d_legacy.max(-1),
+        "uniform_dev_mean_valid": d_valid.sum(-1) / n_has2,
+        "uniform_dev_max_valid": d_valid.max(-1),
     }
-    if k is not None:
-        diag = jnp.diagonal(k)
+    if "kmin" in r:
         out.update(
-            kl_min=r["kmin"].min(),
-            kl_neg_frac=r["kneg"].sum() / (n * m),
-            kl_diag_max=diag.max(),
-            kl_diag_mean=diag.mean(),
+            kl_min=r["kmin"].min(-1),
+            kl_neg_frac=r["kneg"].sum(-1) / (n * m),
+            kl_diag_max=r["kdiag"].max(-1),
+            kl_diag_mean=r["kdiag"].mean(-1),
         )
-    # query-side sub-analysis on the first rows (full-length rows, ref §3.8)
-    nq = min(n, N_QUERY_SUB)
-    nan = jnp.asarray(jnp.nan, b.dtype)
-    for tag, rows in (("legacy", b[:nq]), ("valid", (b - g.u)[:nq])):
-        adj = jnp.linalg.norm(rows[1:] - rows[:-1], axis=-1).mean() if nq > 1 else nan
+    return out
+
+
+def _query_sub(beta: Array, g: _Geom) -> dict[str, Array]:
+    """Adjacent / distant query-row distances over the first 20 queries (ref §3.8). ``[...]``."""
+    nq = min(g.n, N_QUERY_SUB)
+    rows = beta[..., :nq, :]
+    nan = jnp.full(beta.shape[:-2], jnp.nan, beta.dtype)
+    out = {}
+    for tag, x in (("legacy", rows), ("valid", rows - g.u[:nq])):
+        adj = jnp.linalg.norm(x[..., 1:, :] - x[..., :-1, :], axis=-1).mean(-1) if nq > 1 else nan
         out[f"query_adjacent_{tag}"] = adj
         lag = DISTANT_LAG
-        dist = jnp.linalg.norm(rows[lag:] - rows[:-lag], axis=-1).mean() if nq > lag else nan
+        if nq > lag:
+            dist = jnp.linalg.norm(x[..., lag:, :] - x[..., :-lag, :], axis=-1).mean(-1)
+        else:
+            dist = nan
         out[f"query_distant_{tag}"] = dist
     return out
 
@@ -374,84 +395,131 @@ def _k_pairwise(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
     return out
 
 
-def _moments(x: Array, sel: Array, prefix: str) -> dict[str, Array]:
-    """mean / unbiased std / min / max of ``x`` over the entries where ``sel`` (bool) is set."""
-    w = sel.astype(x.dtype)
-    cnt = w.sum()
-    mean = _safe_div((x * w).sum(), cnt)
-    var = (((x - mean) ** 2) * w).sum() / jnp.maximum(cnt - 1.0, 1.0)
+_BIG = 3.0e38  # stands in for +-inf in masked min/max (x * 0 would turn inf into nan)
+
+
+def _moment_terms(x: Array, sel: Array, shift: Array, tag: str) -> dict[str, tuple[Array, str]]:
+    """Row-reduce terms for pooled moments of ``x [N, M]`` over ``sel`` (float 0/1).
+
+    ``shift`` is any value inside the data range; shifted sums keep the one-pass variance exact
+    to rounding.
+    """
+    xs = (x - shift) * sel
     return {
-        f"{prefix}_mean": mean,
-        f"{prefix}_std": jnp.sqrt(var),
-        f"{prefix}_min": jnp.where(sel, x, jnp.inf).min(),
-        f"{prefix}_max": jnp.where(sel, x, -jnp.inf).max(),
+        f"{tag}_s1": (xs, "sum"),
+        f"{tag}_s2": (xs * xs, "sum"),
+        f"{tag}_min": (x * sel + (1.0 - sel) * _BIG, "min"),
+        f"{tag}_max": (x * sel - (1.0 - sel) * _BIG, "max"),
     }
 
 
-def _k_mean_head(
+def _kl_shift_index(n: int) -> tuple[int, int]:
+    """Entry of the head-mean KL used as the moment shift (an off-diagonal one when N > 1)."""
+    return (min(1, n - 1), 0)
+
+
+def _finish_moments(
+    r: dict[str, Array], shift: Array, sel: Array, tag: str, prefix: str
+) -> dict[str, Array]:
+    """mean / unbiased std / min / max from :func:`_moment_terms` rows ``[..., N]``."""
+    cnt = jnp.maximum(sel.sum(), 1.0)
+    s1, s2 = r[f"{tag}_s1"].sum(-1), r[f"{tag}_s2"].sum(-1)
+    var = jnp.maximum(s2 - s1 * s1 / cnt, 0.0) / jnp.maximum(cnt - 1.0, 1.0)
+    return {
+        f"{prefix}_mean": shift + s1 / cnt,
+        f"{prefix}_std": jnp.sqrt(var),
+        f"{prefix}_min": r[f"{tag}_min"].min(-1),
+        f"{prefix}_max": r[f"{tag}_max"].max(-1),
+    }
+
+
+def _k_mean_rows(
     bm: Array,  # [N, N] head-mean attention
     tok: Array | None,  # [N]
     km: Array | None,  # [N, N] head-mean KL
     g: _Geom,
-    special_ids: tuple[int, ...],
 ) -> dict[str, Array]:
-    """Statistics of the head-mean attention (and KL) of one (layer, batch) element."""
+    """Per-row accumulators ``[N]`` of the head means of one (layer, batch) element."""
     n = bm.shape[0]
     dt = bm.dtype
     p = jnp.maximum(bm, LOG_EPS)
-    r = _row_reduce(
-        {
-            "ent": (p * jnp.log(p), "sum"),
-            "max": (bm, "max"),
-            **_std_terms(bm, g.off, 1.0 / n, "rl"),
-            **_std_terms(bm, g.sel_valid, g.inv_n, "rv"),
-            **_std_terms(bm, g.sel_bars, 1.0 / jnp.maximum(g.cnt_bars, 1.0)[:, None], "bar"),
-            "bar_sum": (bm * g.sel_bars, "sum"),
-        }
-    )
+    terms = {
+        "ent": (p * jnp.log(p), "sum"),
+        "max": (bm, "max"),
+        **_std_terms(bm, g.off, 1.0 / n, "rl"),
+        **_std_terms(bm, g.sel_valid, g.inv_n, "rv"),
+        **_std_terms(bm, g.sel_bars, 1.0 / jnp.maximum(g.cnt_bars, 1.0)[:, None], "bar"),
+        "bar_sum": (bm * g.sel_bars, "sum"),
+    }
+    if tok is not None:
+        same = g.past * (tok[:, None] == tok[None, :]).astype(dt)
+        scaled = bm * g.n_valid[:, None]
+        terms.update(
+            past_l=(bm * g.past, "sum"),
+            same_l=(bm * same, "sum"),
+            past_v=(scaled * g.past_valid, "sum"),
+            same_v=(scaled * same * g.mask, "sum"),
+            cnt_same=(same, "sum"),
+            cnt_same_v=(same * g.mask, "sum"),
+        )
+    if km is not None:
+        shift = km[_kl_shift_index(n)]
+        terms.update(_moment_terms(km, g.off, shift, "ko"))
+        terms.update(_moment_terms(km, g.off * g.mask, shift, "kv"))
+    return _row_reduce(terms)
+
+
+def _finish_mean(
+    r: dict[str, Array],  # [L, B, N] rows from _k_mean_rows
+    bm: Array,  # [L, B, N, N] head-mean attention
+    tokens: Array | None,  # [B, N]
+    km: Array | None,  # [L, B, N, N] head-mean KL
+    g: _Geom,
+    special_ids: tuple[int, ...],
+) -> dict[str, Array]:
+    """Head-mean metrics ``[L, B, ...]`` from :func:`_k_mean_rows` accumulators."""
+    n = g.n
     bar_std = _std_from(r, "bar", g.cnt_bars)
     bar_mean = _safe_div(r["bar_sum"], g.cnt_bars)
+    prof_valid = _diag_sums(bm * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0)
     out = {
-        "row_std_avg_legacy": _std_from(r, "rl", jnp.full((n,), n - 1.0)).mean(),
+        "row_std_avg_legacy": _std_from(r, "rl", jnp.full((n,), n - 1.0)).mean(-1),
         "row_std_avg_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
         "row_uniformity_std": bar_std,
         "row_uniformity_cv": jnp.where(bar_mean > 0, bar_std / jnp.maximum(bar_mean, 1e-30), 0.0),
-        "entropy_nats": -r["ent"].mean(),
-        "concentration": r["max"].mean(),
+        "entropy_nats": -r["ent"].mean(-1),
+        "concentration": r["max"].mean(-1),
         # positional profiles are linear in beta: the profile of the head mean is the profile
         # pooled over heads (every head contributes the same pairs to each distance bucket)
         "pos_profile_legacy": _diag_sums(bm * g.lower) / g.cnt_legacy,
-        "pos_profile_valid": jnp.where(
-            g.cnt_valid > 0, _diag_sums(bm * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0), jnp.nan
-        ),
+        "pos_profile_valid": jnp.where(g.cnt_valid > 0, prof_valid, jnp.nan),
     }
-    if tok is not None:
-        past = jnp.asarray(np.tri(n, n, k=-1), dt)  # j < i
-        eq = (tok[:, None] == tok[None, :]).astype(dt)
-        scaled = bm * g.n_valid[:, None]
-        for tag, pairs, vals in (("legacy", past, bm), ("valid", past * g.mask, scaled)):
-            same, diff = pairs * eq, pairs * (1.0 - eq)
-            out[f"rep_same_{tag}"] = _safe_div((vals * same).sum(), same.sum())
-            out[f"rep_diff_{tag}"] = _safe_div((vals * diff).sum(), diff.sum())
-        out["rep_pairs"] = (past * eq).sum()
-        is_sp = jnp.zeros((n,), bool)
+    if tokens is not None:
+        n_past, n_past_v = g.past.sum(), g.past_valid.sum()
+        for tag, suf, total in (("legacy", "l", n_past), ("valid", "v", n_past_v)):
+            cnt_same = r["cnt_same" if tag == "legacy" else "cnt_same_v"].sum(-1)
+            same = r[f"same_{suf}"].sum(-1)
+            out[f"rep_same_{tag}"] = _safe_div(same, cnt_same)
+            out[f"rep_diff_{tag}"] = _safe_div(r[f"past_{suf}"].sum(-1) - same, total - cnt_same)
+        out["rep_pairs"] = r["cnt_same"].sum(-1)
+        is_sp = jnp.zeros(tokens.shape, bool)
         for s in special_ids:
-            is_sp = is_sp | (tok == s)
-        sp = is_sp.astype(dt)
-        n_sp = sp.sum()
-        col_legacy = bm.mean(0)
-        col_valid = _safe_div((scaled * g.mask).sum(0), g.mask.sum(0))
+            is_sp = is_sp | (tokens == s)
+        sp = is_sp.astype(bm.dtype)  # [B, N]
+        n_sp = sp.sum(-1)
+        col_legacy = bm.mean(-2)  # column means over all rows (ref §3.5)
+        col_valid = _safe_div((bm * g.w_col).sum(-2), g.mask.sum(0))
         for tag, col in (("legacy", col_legacy), ("valid", col_valid)):
-            sp_mean = jnp.where(n_sp > 0, _safe_div((col * sp).sum(), n_sp), jnp.nan)
+            sp_mean = jnp.where(n_sp > 0, _safe_div((col * sp).sum(-1), n_sp), jnp.nan)
             out[f"special_mean_{tag}"] = sp_mean
-            out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(), n - n_sp)
-        out["special_count"] = n_sp
+            out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(-1), n - n_sp)
+        out["special_count"] = jnp.broadcast_to(n_sp, out["rep_pairs"].shape)
     if km is not None:
-        off = ~np.eye(n, dtype=bool)
-        out.update(_moments(km, jnp.asarray(off), "kl_offdiag"))
-        out.update(_moments(km, (g.mask > 0) & off, "kl_valid"))
+        shift = km[(..., *_kl_shift_index(n))]
+        out.update(_finish_moments(r, shift, g.off, "ko", "kl_offdiag"))
+        out.update(_finish_moments(r, shift, g.off * g.mask, "kv", "kl_valid"))
         s = min(KL_SAMPLE, n)
-        out["kl_sample"] = km[:s, :s]
+        out["kl_sample"] = km[..., :s, :s]
     return out
 
 
@@ -466,9 +534,15 @@ def _pairwise_dist(x: Array) -> Array:
 
 def _k_mu(mu: Array) -> dict[str, Array]:
     n = mu.shape[0]
-    d = _pairwise_dist(mu)
-    mom = _moments(d, jnp.asarray(~np.eye(n, dtype=bool)), "mu_dist")
-    return {"mu_div": d.mean(), "mu_dist_mean": mom["mu_dist_mean"], "mu_dist_std": mom["mu_dist_std"]}
+    d = _pairwise_dist(mu)  # zero diagonal
+    n_off = max(n * (n - 1), 1)
+    mean_off = d.sum() / n_off
+    dev = jnp.where(np.eye(n, dtype=bool), 0.0, d - mean_off)
+    return {
+        "mu_div": d.mean(),
+        "mu_dist_mean": mean_off,
+        "mu_dist_std": jnp.sqrt((dev * dev).sum() / max(n_off - 1, 1)),
+    }
 
 
 def _k_phi(phi: Array) -> dict[str, Array]:
@@ -603,10 +677,13 @@ def _all_metrics_jit(
     g = _Geom(mask, include_diag, beta.dtype)
     kl = None if kl is None else kl.astype(beta.dtype)
     with_kl = kl is not None
+    with_tok = tokens is not None
 
-    # per head, O(N*M): [L, B, H]
+    # per head, O(N*M): one pass per head in the loop, reductions over rows outside it
     args = (beta, kl) if with_kl else (beta,)
-    out = _map_lead(lambda b, k=None: _k_head(b, k, g), args, 3)
+    rows = _map_lead(lambda b, k=None: _k_head_rows(b, k, g), args, 3)
+    out = _finish_head(rows, g)
+    out.update(_query_sub(beta, g))
 
     # per head, O(N^3) / transposes, on the first Bq batch elements: [L, Bq, H]
     bq = max(1, min(query_var_batches, n_batch))
@@ -614,19 +691,23 @@ def _all_metrics_jit(
     out.update(_map_lead(lambda b, k=None: _k_pairwise(b, k, g), args, 3))
 
     # per (layer, batch) on head means: [L, B, ...]
-    args = [beta.mean(axis=2)]
-    if tokens is not None:
-        args.append(jnp.broadcast_to(jnp.asarray(tokens), (n_layers,) + tokens.shape))
+    bm = beta.mean(axis=2)
+    km = kl.mean(axis=2) if with_kl else None
+    tok = jnp.asarray(tokens) if with_tok else None
+    args = [bm]
+    if with_tok:
+        args.append(jnp.broadcast_to(tok, (n_layers,) + tok.shape))
     if with_kl:
-        args.append(kl.mean(axis=2))
+        args.append(km)
 
-    def mean_kernel(bm, *rest):
+    def mean_kernel(x, *rest):
         rest = list(rest)
-        tok = rest.pop(0) if tokens is not None else None
-        km = rest.pop(0) if with_kl else None
-        return _k_mean_head(bm, tok, km, g, special_ids)
+        t = rest.pop(0) if with_tok else None
+        k = rest.pop(0) if with_kl else None
+        return _k_mean_rows(x, t, k, g)
 
-    out.update(_map_lead(mean_kernel, tuple(args), 2))
+    rows = _map_lead(mean_kernel, tuple(args), 2)
+    out.update(_finish_mean(rows, bm, tok, km, g, special_ids))
     for tag in ("legacy", "valid"):
         prof = out[f"pos_profile_{tag}"]
         near = jnp.nanmean(prof[..., 1 : 1 + POS_BUCKETS], -1)

@@ -63,10 +63,10 @@ class GaugeTransformerLM(nnx.Module):
         """``[V, K]``; the tied ``mu_embed`` table when ``tie_embeddings``."""
         return self.embed.mu_embed[...] if self.cfg.tie_embeddings else self.out_proj[...]
 
-    def __call__(self, tokens, *, train: bool = False, beta_override=None, override_ffn_beta: bool = False,
-                 sow: SowConfig = ALL):
-        """``tokens [B, N]`` -> logits ``[B, N, V]`` (the reference's ``model(tokens)``)."""
-        return self.forward(tokens, train=train, beta_override=beta_override,
+    def __call__(self, tokens, *, train: bool = False, training_forward: bool = False, beta_override=None,
+                 override_ffn_beta: bool = False, sow: SowConfig = ALL):
+        """``tokens [B, N]`` -> logits ``[B, N, V]`` (the reference's ``model(tokens)``; see :meth:`forward`)."""
+        return self.forward(tokens, train=train, training_forward=training_forward, beta_override=beta_override,
                             override_ffn_beta=override_ffn_beta, sow=sow)[0]
 
     def forward(self, tokens, *, train: bool = False, training_forward: bool = False, beta_override=None,

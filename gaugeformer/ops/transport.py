@@ -14,6 +14,7 @@ The transport between query i and key j is never materialised per pair: ``Ω_ij 
 
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 
 from gaugeformer.axes import Array, Float
@@ -52,12 +53,10 @@ def expm(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:
     s = jnp.clip(jnp.ceil(jnp.log2(jnp.maximum(norm, 1.0))), 0, _MAX_SQUARINGS)
     scaled = a * jnp.exp2(-s)[..., None, None]
     eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
-    x = eye
-    for n in range(_TAYLOR_DEGREE, 0, -1):  # Horner: I + A/1 (I + A/2 (I + ...))
-        x = eye + (scaled @ x) / n
-    for k in range(_MAX_SQUARINGS):
-        x = jnp.where((k < s)[..., None, None], x @ x, x)
-    return x
+    # Horner: I + A/1 (I + A/2 (I + ...)); loops keep the compiled graph small (they lower to scans)
+    x = jax.lax.fori_loop(0, _TAYLOR_DEGREE, lambda i, x: eye + (scaled @ x) / (_TAYLOR_DEGREE - i), eye)
+    sq = s[..., None, None]
+    return jax.lax.fori_loop(0, _MAX_SQUARINGS, lambda k, x: jnp.where(k < sq, x @ x, x), x)
 
 
 def exponential(a: Float[Array, "*batch d d"], kind: Exponential) -> Float[Array, "*batch d d"]:

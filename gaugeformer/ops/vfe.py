@@ -233,21 +233,39 @@ def retract_spd(sigma: list[Array], direction: list[Array], step, trust: float, 
         sum(jnp.sum(jnp.abs(jnp.diagonal(s, axis1=-2, axis2=-1)), axis=(-2, -1)) for s in new) / k, eps
     )[..., None, None, None]
     eyes = [jnp.eye(s.shape[-1], dtype=s.dtype) for s in new]
-    ok = [
-        jnp.all(jnp.stack([jnp.all(jnp.isfinite(jnp.linalg.cholesky(s + c * ridge * e)))
-                           for s, e in zip(new, eyes)]))
-        for c in _RIDGE_LADDER
-    ]
-    coeff = jnp.asarray(0.0)
-    found = jnp.asarray(False)
-    for c, good in zip(_RIDGE_LADDER, ok):
-        coeff = jnp.where(found | ~good, coeff, c)
-        found = found | good
-    coeff = jax.lax.stop_gradient(coeff)
+    coeff, found = _ridge_coefficient([jax.lax.stop_gradient(s) for s in new],
+                                      jax.lax.stop_gradient(ridge))
     return [
         jnp.where(found, s + coeff * ridge * e, s_old + 0.1 * ridge * e)
         for s, s_old, e in zip(new, sigma, eyes)
     ]
+
+
+def _ridge_coefficient(new: list[Array], ridge: Array) -> tuple[Array, Array]:
+    """First ladder entry c whose ``Σ' + c·r·I`` factorises for every matrix; ``(c, found)``.
+
+    A while loop (not differentiated: the choice is a constant for backprop) so the common case costs one
+    Cholesky per group and the compiled graph holds one.
+    """
+    ladder = jnp.asarray(_RIDGE_LADDER, new[0].dtype)
+
+    def succeeds(c):
+        return jnp.all(jnp.stack([
+            jnp.all(jnp.isfinite(jnp.linalg.cholesky(s + c * ridge * jnp.eye(s.shape[-1], dtype=s.dtype))))
+            for s in new
+        ]))
+
+    def cond(state):
+        i, ok = state
+        return (i < len(_RIDGE_LADDER)) & ~ok
+
+    def body(state):
+        i, _ = state
+        ok = succeeds(ladder[i])
+        return jnp.where(ok, i, i + 1), ok
+
+    i, found = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False)))
+    return ladder[jnp.minimum(i, len(_RIDGE_LADDER) - 1)], found
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Persistent compile cache: repeated runs on one machine (a developer's, or CI right after) skip XLA compiles.
+_CACHE = Path(os.environ.get("GAUGEFORMER_JAX_CACHE", Path.home() / ".cache" / "gaugeformer" / "jax"))
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFERENCE_FIXTURES = ("A_v256", "D_v256", "G_v256", "T_A_v256")
+
+
+@pytest.fixture
+def keys():
+    """Fresh PRNG keys: ``next(keys)``."""
+    def gen():
+        k = jax.random.key(0)
+        while True:
+            k, sub = jax.random.split(k)
+            yield sub
+    return gen()
