@@ -22,6 +22,10 @@ Two families of numbers are produced (see ref-diagnostics §2-§3):
   information about sharpness and are left out of row means in this mode. A uniform causal row
   scores exactly "uniform" (row_std 0, deviation 0, normalised entropy 1, positional ratio 1).
 
+Outputs never contain NaN (so ``jax_debug_nans`` stays usable): quantities undefined for a
+static shape are left out of the result (e.g. the positional ratio when N < 11), and empty
+selections give 0 next to a count that says so.
+
 :func:`all_metrics` computes everything the validation report needs in one compiled call and
 returns a flat ``dict[str, Array]``; :data:`METRIC_KEYS` documents each key and its shape.
 """
@@ -62,14 +66,15 @@ METRIC_KEYS: dict[str, tuple[str, str]] = {
     "future_mass_mean": ("L B H", "mean over rows of sum_{j>i} beta_ij"),
     # positional bias (§3.4), pooled over heads
     "pos_profile_legacy": ("L B D", "mean beta_{i,i-d} over heads and rows i >= d"),
-    "pos_profile_valid": ("L B D", "mean n_i*beta_{i,i-d} over heads and valid pairs (nan: none)"),
+    "pos_profile_valid": ("L B D", "mean n_i*beta_{i,i-d} over heads and valid pairs (0: none)"),
+    "pos_count_valid": ("D", "number of valid pairs (i, i-d) per distance"),
     "pos_near_legacy": ("L B", "mean of the pooled legacy profile over d = 1..5"),
     "pos_far_legacy": ("L B", "mean of the pooled legacy profile over d = N-5..N-1"),
-    "pos_ratio_legacy": ("L B", "near / (far + 1e-10); nan if N - 1 < 10"),
+    "pos_ratio_legacy": ("L B", "near / (far + 1e-10); absent if N - 1 < 10"),
     "pos_all_legacy": ("L B", "mean of the pooled legacy profile over d = 1..N-1"),
     "pos_near_valid": ("L B", "as pos_near_legacy on the mask-corrected profile"),
     "pos_far_valid": ("L B", "as pos_far_legacy on the mask-corrected profile"),
-    "pos_ratio_valid": ("L B", "near / (far + 1e-10) on the mask-corrected profile"),
+    "pos_ratio_valid": ("L B", "near / (far + 1e-10) on the corrected profile; absent if N < 11"),
     "pos_all_valid": ("L B", "mean of the pooled corrected profile over d >= 1"),
     # statistical tests (§3.6)
     "uniform_dev_mean_legacy": ("L B H", "mean over rows of RMS_j(beta_ij - 1/M), all keys"),
@@ -84,7 +89,7 @@ METRIC_KEYS: dict[str, tuple[str, str]] = {
     "query_var_legacy": ("L Bq H", "mean over pairs i < i' of ||beta_i - beta_i'||_2"),
     "query_var_valid": ("L Bq H", "same on residuals beta_i - u_i, u_i uniform over valid keys"),
     "query_adjacent_legacy": ("L B H", "mean ||row_i - row_{i-1}|| over i = 1..min(N,20)-1"),
-    "query_distant_legacy": ("L B H", "mean ||row_i - row_{i-10}|| over i = 10..min(N,20)-1"),
+    "query_distant_legacy": ("L B H", "mean ||row_i - row_{i-10}||, i = 10..min(N,20)-1 (N>10)"),
     "query_adjacent_valid": ("L B H", "adjacent sub-analysis on residual rows"),
     "query_distant_valid": ("L B H", "distant sub-analysis on residual rows"),
     # row-uniformity bars (§2.4), on the head-mean attention
@@ -96,7 +101,7 @@ METRIC_KEYS: dict[str, tuple[str, str]] = {
     "rep_same_valid": ("L B", "mean n_i * head-mean beta over valid pairs j < i, equal ids"),
     "rep_diff_valid": ("L B", "same over valid pairs with different ids"),
     "rep_pairs": ("L B", "number of pairs j < i with equal token ids"),
-    "special_mean_legacy": ("L B", "mean over special columns of the all-rows column mean"),
+    "special_mean_legacy": ("L B", "mean over special columns of all-rows column means (0: none)"),
     "regular_mean_legacy": ("L B", "mean over regular columns of the all-rows column mean"),
     "special_mean_valid": ("L B", "as above with n_i-weighted column means over valid rows"),
     "regular_mean_valid": ("L B", "as above for regular columns"),
@@ -215,8 +220,8 @@ def _diag_sums(x: Array) -> Array:
 #
 # Row statistics go through ONE variadic lax.reduce over the key axis (XLA CPU emits a single
 # vectorised loop for it; separate reductions sharing a producer get materialised instead).
-# Masks are float 0/1 multipliers. Standard deviations use sums shifted by a near-mean constant
-# (1/M or 1/n_i), so one pass is as accurate as two.
+# Masks are float 0/1 multipliers. Standard deviations use sums shifted by each row's expected
+# mean (see _std_terms), so one pass is as accurate as two.
 # ------------------------------------------------------------------------------------------------
 
 _REDUCERS = {"sum": (jnp.add, 0.0), "max": (jnp.maximum, -jnp.inf), "min": (jnp.minimum, jnp.inf)}
@@ -245,9 +250,32 @@ def _row_reduce(terms: dict[str, tuple[Array, str]]) -> dict[str, Array]:
     return dict(zip(names, jax.lax.optimization_barrier(out)))
 
 
-def _std_terms(b: Array, sel: Array, shift: Array, tag: str) -> dict[str, tuple[Array, str]]:
-    """Row-reduce terms for the population std of ``b`` over the keys selected by ``sel``."""
-    x = (b - shift) * sel
+class _Sel:
+    """A float 0/1 key selection ``[N, M]`` with its per-row key counts and diagonal flags."""
+
+    def __init__(self, sel: Array):
+        n, m = sel.shape
+        self.sel = sel
+        self.cnt = sel.sum(-1)  # [N]
+        self.diag = jnp.zeros((n,), sel.dtype).at[: min(n, m)].set(jnp.diagonal(sel))
+
+
+def _diagonal(b: Array) -> Array:
+    """``b[i, i]`` for every row ``i`` of ``b [N, M]`` (0 where the row has no diagonal)."""
+    n, m = b.shape
+    return jnp.zeros((n,), b.dtype).at[: min(n, m)].set(jnp.diagonal(b))
+
+
+def _std_terms(b: Array, s: _Sel, tag: str) -> dict[str, tuple[Array, str]]:
+    """Row-reduce terms for the population std of ``b [N, M]`` over the keys selected by ``s``.
+
+    The sums are shifted by each row's expected mean for an attention row of unit mass,
+    ``(1 - beta_ii [ii not selected]) / n_keys`` (clipped to [0, 1]): close to the true mean
+    for any attention pattern, which keeps the one-pass variance accurate (a fixed shift such
+    as 1/M loses ~1e-6 to cancellation on rows whose mass sits on an excluded diagonal).
+    """
+    shift = (1.0 - _diagonal(b) * (1.0 - s.diag)) / jnp.maximum(s.cnt, 1.0)
+    x = (b - jnp.clip(shift, 0.0, 1.0)[:, None]) * s.sel
     return {f"{tag}_s1": (x, "sum"), f"{tag}_s2": (x * x, "sum")}
 
 
@@ -290,6 +318,8 @@ class _Geom:
         self.w_col = self.mask * self.n_valid[:, None]  # n_i on valid pairs
         self.sel_bars = jnp.maximum(self.mask, f(eye))  # §2.4: valid keys plus the diagonal
         self.cnt_bars = self.sel_bars.sum(-1)
+        self.s_legacy, self.s_valid = _Sel(self.off), _Sel(self.sel_valid)
+        self.s_bars = _Sel(self.sel_bars)
         if n == m:  # positional tables: weight n_i on valid past pairs, pair counts per distance
             self.w_pos = self.mask * self.lower * self.n_valid[:, None]
             self.cnt_legacy = f(n - np.arange(n))
@@ -310,8 +340,8 @@ def _k_head_rows(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
         "hv": (plogp * g.mask, "sum"),
         "f": (fut, "sum"),
         "fmax": (fut, "max"),
-        **_std_terms(b, g.off, 1.0 / m, "rl"),
-        **_std_terms(b, g.sel_valid, g.inv_n, "rv"),
+        **_std_terms(b, g.s_legacy, "rl"),
+        **_std_terms(b, g.s_valid, "rv"),
     }
     if k is not None:
         terms.update(kmin=(k, "min"), kneg=((k < 0).astype(b.dtype), "sum"))
@@ -358,17 +388,12 @@ def _query_sub(beta: Array, g: _Geom) -> dict[str, Array]:
     """Adjacent / distant query-row distances over the first 20 queries (ref §3.8). ``[...]``."""
     nq = min(g.n, N_QUERY_SUB)
     rows = beta[..., :nq, :]
-    nan = jnp.full(beta.shape[:-2], jnp.nan, beta.dtype)
     out = {}
     for tag, x in (("legacy", rows), ("valid", rows - g.u[:nq])):
-        adj = jnp.linalg.norm(x[..., 1:, :] - x[..., :-1, :], axis=-1).mean(-1) if nq > 1 else nan
-        out[f"query_adjacent_{tag}"] = adj
-        lag = DISTANT_LAG
-        if nq > lag:
-            dist = jnp.linalg.norm(x[..., lag:, :] - x[..., :-lag, :], axis=-1).mean(-1)
-        else:
-            dist = nan
-        out[f"query_distant_{tag}"] = dist
+        for name, lag in (("adjacent", 1), ("distant", DISTANT_LAG)):
+            if nq > lag:  # keys are absent when the sequence is too short (static)
+                diff = x[..., lag:, :] - x[..., :-lag, :]
+                out[f"query_{name}_{tag}"] = jnp.linalg.norm(diff, axis=-1).mean(-1)
     return out
 
 
@@ -446,9 +471,9 @@ def _k_mean_rows(
     terms = {
         "ent": (p * jnp.log(p), "sum"),
         "max": (bm, "max"),
-        **_std_terms(bm, g.off, 1.0 / n, "rl"),
-        **_std_terms(bm, g.sel_valid, g.inv_n, "rv"),
-        **_std_terms(bm, g.sel_bars, 1.0 / jnp.maximum(g.cnt_bars, 1.0)[:, None], "bar"),
+        **_std_terms(bm, g.s_legacy, "rl"),
+        **_std_terms(bm, g.s_valid, "rv"),
+        **_std_terms(bm, g.s_bars, "bar"),
         "bar_sum": (bm * g.sel_bars, "sum"),
     }
     if tok is not None:
@@ -481,7 +506,6 @@ def _finish_mean(
     n = g.n
     bar_std = _std_from(r, "bar", g.cnt_bars)
     bar_mean = _safe_div(r["bar_sum"], g.cnt_bars)
-    prof_valid = _diag_sums(bm * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0)
     out = {
         "row_std_avg_legacy": _std_from(r, "rl", jnp.full((n,), n - 1.0)).mean(-1),
         "row_std_avg_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
@@ -492,7 +516,8 @@ def _finish_mean(
         # positional profiles are linear in beta: the profile of the head mean is the profile
         # pooled over heads (every head contributes the same pairs to each distance bucket)
         "pos_profile_legacy": _diag_sums(bm * g.lower) / g.cnt_legacy,
-        "pos_profile_valid": jnp.where(g.cnt_valid > 0, prof_valid, jnp.nan),
+        "pos_profile_valid": _diag_sums(bm * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0),
+        "pos_count_valid": g.cnt_valid,
     }
     if tokens is not None:
         n_past, n_past_v = g.past.sum(), g.past_valid.sum()
@@ -510,8 +535,7 @@ def _finish_mean(
         col_legacy = bm.mean(-2)  # column means over all rows (ref §3.5)
         col_valid = _safe_div((bm * g.w_col).sum(-2), g.mask.sum(0))
         for tag, col in (("legacy", col_legacy), ("valid", col_valid)):
-            sp_mean = jnp.where(n_sp > 0, _safe_div((col * sp).sum(-1), n_sp), jnp.nan)
-            out[f"special_mean_{tag}"] = sp_mean
+            out[f"special_mean_{tag}"] = _safe_div((col * sp).sum(-1), n_sp)
             out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(-1), n - n_sp)
         out["special_count"] = jnp.broadcast_to(n_sp, out["rep_pairs"].shape)
     if km is not None:
@@ -567,14 +591,12 @@ def _k_sigma(sd: Array) -> dict[str, Array]:
 def _row_std_rows(beta: Array, mask: Array | None, mode: str, include_diag: bool | None):
     n, m = beta.shape[-2:]
     inc = _default_include_diag(mode, include_diag)
-    sel = _row_selection(_resolve_mask(mask, n, m), mode, inc).astype(beta.dtype)
-    cnt = sel.sum(-1)
-    shift = 1.0 / jnp.maximum(cnt, 1.0)[:, None]
+    sel = _Sel(_row_selection(_resolve_mask(mask, n, m), mode, inc).astype(beta.dtype))
 
     def one(b):
-        return _std_from(_row_reduce(_std_terms(b, sel, shift, "r")), "r", cnt)
+        return _std_from(_row_reduce(_std_terms(b, sel, "r")), "r", sel.cnt)
 
-    return _lift(one, beta.ndim - 2)(beta), cnt
+    return _lift(one, beta.ndim - 2)(beta), sel.cnt
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "include_diag"))
@@ -646,7 +668,8 @@ def row_std_label(value: float) -> str:
 
 def row_std_status(value: float) -> str:
     """The validator's decorated label: ``✓SHARP`` / ``⚠MEDIUM`` / ``❌UNIFORM``."""
-    return {"SHARP": "✓SHARP", "MEDIUM": "⚠MEDIUM", "UNIFORM": "❌UNIFORM"}[row_std_label(value)]
+    label = row_std_label(value)
+    return {"SHARP": "✓SHARP", "MEDIUM": "⚠MEDIUM", "UNIFORM": "❌UNIFORM"}[label]
 
 
 @jax.jit
@@ -708,14 +731,20 @@ def _all_metrics_jit(
 
     rows = _map_lead(mean_kernel, tuple(args), 2)
     out.update(_finish_mean(rows, bm, tok, km, g, special_ids))
+    # nearby (d = 1..5) vs far (last 5 distances); valid-mode buckets without pairs are skipped
+    has = {"legacy": jnp.ones((n,), beta.dtype), "valid": (g.cnt_valid > 0).astype(beta.dtype)}
+    near_sl, far_sl = slice(1, 1 + POS_BUCKETS), slice(max(n - POS_BUCKETS, 1), n)
+    all_sl = slice(1, n)
     for tag in ("legacy", "valid"):
-        prof = out[f"pos_profile_{tag}"]
-        near = jnp.nanmean(prof[..., 1 : 1 + POS_BUCKETS], -1)
-        far = jnp.nanmean(prof[..., max(n - POS_BUCKETS, 1) :], -1)
-        out[f"pos_near_{tag}"], out[f"pos_far_{tag}"] = near, far
-        enough = n - 1 >= 2 * POS_BUCKETS  # the reference needs >= 10 distances
-        out[f"pos_ratio_{tag}"] = near / (far + RATIO_EPS) if enough else jnp.full_like(near, jnp.nan)
-        out[f"pos_all_{tag}"] = jnp.nanmean(prof[..., 1:], -1)
+        prof, w = out[f"pos_profile_{tag}"], has[tag]
+
+        def bucket_mean(sl, prof=prof, w=w):
+            return _safe_div((prof[..., sl] * w[sl]).sum(-1), w[sl].sum())
+
+        out[f"pos_near_{tag}"], out[f"pos_far_{tag}"] = bucket_mean(near_sl), bucket_mean(far_sl)
+        out[f"pos_all_{tag}"] = bucket_mean(all_sl)
+        if n - 1 >= 2 * POS_BUCKETS:  # the reference needs >= 10 distances (static)
+            out[f"pos_ratio_{tag}"] = out[f"pos_near_{tag}"] / (out[f"pos_far_{tag}"] + RATIO_EPS)
 
     for x, kern in ((mu, _k_mu), (phi, _k_phi), (sigma_diag, _k_sigma)):
         if x is None:

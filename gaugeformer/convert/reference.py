@@ -181,3 +181,72 @@ def model_from_reference(state_dict: dict, cfg: ModelConfig, seed: int = 0):
     model = GaugeTransformerLM(cfg, rngs=nnx.Rngs(seed))
     load_params(model, state_dict_to_params(state_dict, cfg))
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The reverse direction: which reference keys (and shapes) a config implies
+# ---------------------------------------------------------------------------------------------
+
+_TOP_INV = {path: key for key, path in _TOP.items()}
+_BLOCK_INV = {path: key for key, path in _BLOCK.items()}
+
+
+class StateDictMismatchError(ValueError):
+    """A reference state dict does not fit a model config (keys or shapes); lists every problem."""
+
+
+def torch_key_of(path: tuple) -> str:
+    """Gaugeformer parameter path -> reference state-dict key (inverse of :func:`map_torch_key`).
+
+    >>> torch_key_of(("blocks", 1, "ffn", "lr"))
+    'transformer.blocks.1.ffn.variational_ffn.lr'
+    """
+    path = tuple(path)
+    if path in _TOP_INV:
+        return _TOP_INV[path]
+    if len(path) > 2 and path[0] == "blocks" and tuple(path[2:]) in _BLOCK_INV:
+        return f"transformer.blocks.{int(path[1])}.{_BLOCK_INV[tuple(path[2:])]}"
+    raise KeyError(f"no reference state-dict key for parameter path {path!r}")
+
+
+def expected_reference_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every reference state-dict key a checkpoint of ``cfg`` holds, with its shape.
+
+    Parameters and buffers come from an abstract (shape-only) :class:`GaugeTransformerLM`; generator
+    buffers from :func:`expected_generators`.  With ``tie_embeddings`` the duplicate ``out_proj.weight``
+    is included (the reference saves it; a de-duplicated safetensors export may omit it).
+    """
+    from gaugeformer.model.lm import GaugeTransformerLM
+
+    abstract = nnx.eval_shape(lambda: GaugeTransformerLM(cfg, rngs=nnx.Rngs(0)))
+    out = {torch_key_of(path): tuple(np.shape(v))
+           for path, v in _flat(nnx.to_pure_dict(nnx.state(abstract)))}
+    out.update({k: tuple(v.shape) for k, v in expected_generators(cfg).items()})
+    if cfg.tie_embeddings:
+        out["out_proj.weight"] = (cfg.vocab_size, cfg.embed_dim)
+    return out
+
+
+def check_state_dict(state_dict: dict, cfg: ModelConfig, source: str = "the config") -> None:
+    """Raise :class:`StateDictMismatchError` listing every missing, unexpected and wrong-shape key.
+
+    Args:
+      state_dict: reference state dict (``{key: array}``).
+      cfg: the model config it should fit.
+      source: where ``cfg`` came from, for the message.
+    """
+    want = expected_reference_shapes(cfg)
+    optional = {"out_proj.weight"} if cfg.tie_embeddings else set()
+    missing = [k for k in want if k not in state_dict and k not in optional]
+    unexpected = [k for k in state_dict if k not in want]
+    shapes = [f"{k}: checkpoint {tuple(np.shape(v))} vs config {want[k]}"
+              for k, v in state_dict.items() if k in want and tuple(np.shape(v)) != want[k]]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong-shape", shapes)):
+        if items:
+            parts.append(f"{len(items)} {what} key{'s' if len(items) > 1 else ''} [{'; '.join(items)}]")
+    raise StateDictMismatchError(
+        f"the checkpoint's weights do not match the model config from {source}: " + ", ".join(parts)
+        + "; fix: pass a --config that matches the checkpoint (or omit it to infer one)")

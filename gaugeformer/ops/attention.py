@@ -71,7 +71,7 @@ def kl_factorized(
     """``KL(q_i ‖ Ω_ij q_j)`` for all pairs, factorized.
 
     ``e_logabsdet`` is ``log|det E_i|`` (None: E is orthogonal, so ``E⁻¹ = F`` and the term is 0).
-    The quadratic form is expanded around the per-(batch, head) mean key ``c`` so the three GEMM terms stay
+    The quadratic form is expanded around the first key ``c`` (per batch and head) so the three GEMM terms stay
     small when all beliefs are close (the trained regime, KL ~ 1e-3).
     """
     d = mu.shape[-1]
@@ -88,8 +88,9 @@ def kl_factorized(
     einv = f if e_logabsdet is None else jnp.linalg.inv(e)
     a = jnp.einsum("bnhkl,bnhl->bnhk", einv, mu)
     sigma_hat = einv @ q @ jnp.swapaxes(einv, -1, -2)
-    # centred expanded Mahalanobis term
-    c = jnp.mean(b, axis=1, keepdims=True)
+    # expanded Mahalanobis term, centred on the first key (visible to every query, so causality holds
+    # exactly; a constant for autodiff, the value does not depend on it)
+    c = jax.lax.stop_gradient(b[:, :1])
     a, b = a - c, b - c
     pb = jnp.einsum("bmhkl,bmhl->bmhk", p, b)
     quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], p)
@@ -206,7 +207,7 @@ def aggregate_factorized(
 
     ``S_i = Σ_j β_ij (Ω Σ_j Ωᵀ + μ̃ μ̃ᵀ) - m_i m_iᵀ`` is formed as ``E_i [Σ_j β_ij S_j + C_i] E_iᵀ`` where the
     scatter ``C_i = Σ_j β_ij b_j b_jᵀ - (Σ_j β_ij b_j)(Σ_j β_ij b_j)ᵀ`` is computed around the mean key ``c``
-    (``b_j - c`` instead of ``b_j``), so large common means do not cancel.  The row sum ``r_i = Σ_j β_ij``
+    (``b_j - c`` with ``c`` the first key, which every query sees), so large common means do not cancel.  The row sum ``r_i = Σ_j β_ij``
     (``1 + #masked·floor`` in the reference) is accounted for exactly.
     """
     b = jnp.einsum("bmhkl,bmhl->bmhk", f, mu)
@@ -215,7 +216,7 @@ def aggregate_factorized(
     if sigma is None:
         return mean, None
     s = f @ sigma @ jnp.swapaxes(f, -1, -2)
-    c = jnp.mean(b, axis=1, keepdims=True)
+    c = jax.lax.stop_gradient(b[:, :1])
     bc = b - c
     r = jnp.sum(beta, axis=-1).transpose(0, 2, 1)[..., None, None]  # [B,N,h,1,1]
     u = jnp.einsum("bhnm,bmhk->bnhk", beta, bc)

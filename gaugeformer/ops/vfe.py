@@ -101,13 +101,22 @@ def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     )
 
 
+def _centre(t: _Pulled) -> Array:
+    """Expansion centre: the first token's pulled-back mean (seen by every query; constant for autodiff).
+
+    Pulled-back means of nearby beliefs are nearly equal, so expanding around one of them avoids the
+    cancellation of ``a_iᵀPa_i - 2a_iᵀPb_j + b_jᵀPb_j`` (factorized-attention §1).
+    """
+    return jax.lax.stop_gradient(t.a[:, :1])
+
+
 def _pair_kls(t: _Pulled, eps: float) -> tuple[Array, Array, Array]:
     """Per-head ``(KL_β, K̂, centre)`` of one group, ``[B, h, N, M]`` before clamping.
 
     ``KL_β`` regularises Σ_i in the trace (the β path); ``K̂`` does not (the coupling path, ref-ffn §3.3).
     """
     d = t.a.shape[-1]
-    c = jnp.mean(t.a, axis=1, keepdims=True)  # centre: pulled-back means are all ≈ the same
+    c = _centre(t)
     a = t.a - c
     pb = jnp.einsum("bmhkl,bmhl->bmhk", t.p, a)
     quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], t.p)
@@ -183,7 +192,7 @@ def vfe_iteration(
 
     grads_mu, grads_sig = [], []
     for t, m, mp, sp in zip(pulled, mu, mu_p, sigma_p):
-        c = jnp.mean(t.a, axis=1, keepdims=True)
+        c = _centre(t)
         g_bar, beta_p = _weighted_g(t, beta, c)
         g_w, _ = _weighted_g(t, w, c)
         coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
