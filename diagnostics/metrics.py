@@ -21,6 +21,11 @@ Two families of numbers are produced (see ref-diagnostics §2-§3):
   mask); baselines become ``1/n_i`` and ``ln n_i``. Rows with fewer than two valid keys carry no
   information about sharpness and are left out of row means in this mode. A uniform causal row
   scores exactly "uniform" (row_std 0, deviation 0, normalised entropy 1, positional ratio 1).
+  Per family: row_std, deviation and entropy run over the valid keys of each row; positional
+  and token statistics weight ``beta_ij`` by ``n_i`` (its ratio to the uniform weight ``1/n_i``)
+  over valid pairs only, which removes the "late rows have small weights" confound; query
+  variation compares the residual rows ``beta_i - u_i`` (``u_i`` uniform over valid keys);
+  normalisation sums the valid keys; KL spread uses valid off-diagonal pairs.
 
 Outputs never contain NaN (so ``jax_debug_nans`` stays usable): quantities undefined for a
 static shape are left out of the result (e.g. the positional ratio when N < 11), and empty
@@ -301,12 +306,13 @@ class _Geom:
     def __init__(self, mask: Array, include_diag: bool, dtype=jnp.float32):
         n, m = mask.shape
         self.n, self.m = n, m
-        f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+
+        def f(x):
+            return jnp.asarray(x, dtype)
+
         eye = np.eye(n, m, dtype=bool)
         self.mask = f(mask)  # valid keys
-        self.sel_valid = f(_row_selection(mask, "valid", include_diag))  # valid row_std keys
-        self.cnt_sel = self.sel_valid.sum(-1)
-        self.off = f(~eye)  # legacy row_std keys
+        self.off = f(~eye)  # every key but the diagonal (legacy row_std keys)
         self.future = f(np.triu(np.ones((n, m), bool), k=1))  # j > i
         self.lower = f(np.tri(n, m, dtype=bool))  # j <= i
         self.n_valid = self.mask.sum(-1)  # [N]
@@ -316,10 +322,10 @@ class _Geom:
         self.past = f(np.tri(n, m, k=-1, dtype=bool))  # j < i
         self.past_valid = self.past * self.mask
         self.w_col = self.mask * self.n_valid[:, None]  # n_i on valid pairs
-        self.sel_bars = jnp.maximum(self.mask, f(eye))  # §2.4: valid keys plus the diagonal
-        self.cnt_bars = self.sel_bars.sum(-1)
-        self.s_legacy, self.s_valid = _Sel(self.off), _Sel(self.sel_valid)
-        self.s_bars = _Sel(self.sel_bars)
+        # key selections of the three row_std flavours
+        self.s_legacy = _Sel(self.off)
+        self.s_valid = _Sel(f(_row_selection(mask, "valid", include_diag)))
+        self.s_bars = _Sel(jnp.maximum(self.mask, f(eye)))  # §2.4: valid keys plus the diagonal
         if n == m:  # positional tables: weight n_i on valid past pairs, pair counts per distance
             self.w_pos = self.mask * self.lower * self.n_valid[:, None]
             self.cnt_legacy = f(n - np.arange(n))
@@ -352,7 +358,8 @@ def _k_head_rows(b: Array, k: Array | None, g: _Geom) -> dict[str, Array]:
 
 
 def _finish_head(r: dict[str, Array], g: _Geom) -> dict[str, Array]:
-    """Head-level metrics ``[...]`` from the per-row accumulators ``[..., N]``."""
+    """Head-level scalars from one head's per-row accumulators ``[N]`` (vmapped outside the
+    loop, so the final reductions run once over all heads)."""
     n, m = g.n, g.m
     has2 = g.has2
     n_has2 = jnp.maximum(has2.sum(), 1.0)
@@ -360,40 +367,40 @@ def _finish_head(r: dict[str, Array], g: _Geom) -> dict[str, Array]:
     d_valid = jnp.sqrt(r["v2"] * g.inv_n[:, 0]) * has2
     ln_n = jnp.log(jnp.maximum(g.n_valid, 2.0))
     out = {
-        "row_std_legacy": _std_from(r, "rl", jnp.full((n,), m - 1.0)).mean(-1),
-        "row_std_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
-        "rowsum_maxerr_all": jnp.abs(r["s1"] - 1.0).max(-1),
-        "rowsum_maxerr_valid": jnp.abs(r["s1v"] - 1.0).max(-1),
-        "future_max": r["fmax"].max(-1),
-        "future_mass_max": r["f"].max(-1),
-        "future_mass_mean": r["f"].mean(-1),
-        "entropy_norm_legacy": (-r["h"]).mean(-1) / max(math.log(m), LOG_EPS),
-        "entropy_norm_valid": (-r["hv"] / ln_n * has2).sum(-1) / n_has2,
-        "uniform_dev_mean_legacy": d_legacy.mean(-1),
-        "uniform_dev_max_legacy": d_legacy.max(-1),
-        "uniform_dev_mean_valid": d_valid.sum(-1) / n_has2,
-        "uniform_dev_max_valid": d_valid.max(-1),
+        "row_std_legacy": _std_from(r, "rl", g.s_legacy.cnt).mean(),
+        "row_std_valid": _head_level(_std_from(r, "rv", g.s_valid.cnt), g.s_valid.cnt, "valid"),
+        "rowsum_maxerr_all": jnp.abs(r["s1"] - 1.0).max(),
+        "rowsum_maxerr_valid": jnp.abs(r["s1v"] - 1.0).max(),
+        "future_max": r["fmax"].max(),
+        "future_mass_max": r["f"].max(),
+        "future_mass_mean": r["f"].mean(),
+        "entropy_norm_legacy": (-r["h"]).mean() / max(math.log(m), LOG_EPS),
+        "entropy_norm_valid": (-r["hv"] / ln_n * has2).sum() / n_has2,
+        "uniform_dev_mean_legacy": d_legacy.mean(),
+        "uniform_dev_max_legacy": d_legacy.max(),
+        "uniform_dev_mean_valid": d_valid.sum() / n_has2,
+        "uniform_dev_max_valid": d_valid.max(),
     }
     if "kmin" in r:
         out.update(
-            kl_min=r["kmin"].min(-1),
-            kl_neg_frac=r["kneg"].sum(-1) / (n * m),
-            kl_diag_max=r["kdiag"].max(-1),
-            kl_diag_mean=r["kdiag"].mean(-1),
+            kl_min=r["kmin"].min(),
+            kl_neg_frac=r["kneg"].sum() / (n * m),
+            kl_diag_max=r["kdiag"].max(),
+            kl_diag_mean=r["kdiag"].mean(),
         )
     return out
 
 
-def _query_sub(beta: Array, g: _Geom) -> dict[str, Array]:
-    """Adjacent / distant query-row distances over the first 20 queries (ref §3.8). ``[...]``."""
+def _k_query_sub(b: Array, g: _Geom) -> dict[str, Array]:
+    """Adjacent / distant query-row distances over the first 20 queries of one head (§3.8)."""
     nq = min(g.n, N_QUERY_SUB)
-    rows = beta[..., :nq, :]
+    rows = b[:nq]
     out = {}
     for tag, x in (("legacy", rows), ("valid", rows - g.u[:nq])):
         for name, lag in (("adjacent", 1), ("distant", DISTANT_LAG)):
             if nq > lag:  # keys are absent when the sequence is too short (static)
-                diff = x[..., lag:, :] - x[..., :-lag, :]
-                out[f"query_{name}_{tag}"] = jnp.linalg.norm(diff, axis=-1).mean(-1)
+                diff = x[lag:] - x[:-lag]
+                out[f"query_{name}_{tag}"] = jnp.linalg.norm(diff, axis=-1).mean()
     return out
 
 
@@ -446,15 +453,15 @@ def _kl_shift_index(n: int) -> tuple[int, int]:
 def _finish_moments(
     r: dict[str, Array], shift: Array, sel: Array, tag: str, prefix: str
 ) -> dict[str, Array]:
-    """mean / unbiased std / min / max from :func:`_moment_terms` rows ``[..., N]``."""
+    """mean / unbiased std / min / max from one item's :func:`_moment_terms` rows ``[N]``."""
     cnt = jnp.maximum(sel.sum(), 1.0)
-    s1, s2 = r[f"{tag}_s1"].sum(-1), r[f"{tag}_s2"].sum(-1)
+    s1, s2 = r[f"{tag}_s1"].sum(), r[f"{tag}_s2"].sum()
     var = jnp.maximum(s2 - s1 * s1 / cnt, 0.0) / jnp.maximum(cnt - 1.0, 1.0)
     return {
         f"{prefix}_mean": shift + s1 / cnt,
         f"{prefix}_std": jnp.sqrt(var),
-        f"{prefix}_min": r[f"{tag}_min"].min(-1),
-        f"{prefix}_max": r[f"{tag}_max"].max(-1),
+        f"{prefix}_min": r[f"{tag}_min"].min(),
+        f"{prefix}_max": r[f"{tag}_max"].max(),
     }
 
 
@@ -474,7 +481,7 @@ def _k_mean_rows(
         **_std_terms(bm, g.s_legacy, "rl"),
         **_std_terms(bm, g.s_valid, "rv"),
         **_std_terms(bm, g.s_bars, "bar"),
-        "bar_sum": (bm * g.sel_bars, "sum"),
+        "bar_sum": (bm * g.s_bars.sel, "sum"),
     }
     if tok is not None:
         same = g.past * (tok[:, None] == tok[None, :]).astype(dt)
@@ -495,55 +502,68 @@ def _k_mean_rows(
 
 
 def _finish_mean(
-    r: dict[str, Array],  # [L, B, N] rows from _k_mean_rows
-    bm: Array,  # [L, B, N, N] head-mean attention
-    tokens: Array | None,  # [B, N]
-    km: Array | None,  # [L, B, N, N] head-mean KL
+    r: dict[str, Array],  # [N] rows from _k_mean_rows
+    bm: Array,  # [N, N] head-mean attention
+    tok: Array | None,  # [N]
+    km: Array | None,  # [N, N] head-mean KL
     g: _Geom,
     special_ids: tuple[int, ...],
 ) -> dict[str, Array]:
-    """Head-mean metrics ``[L, B, ...]`` from :func:`_k_mean_rows` accumulators."""
+    """Head-mean metrics of one (layer, batch) element from :func:`_k_mean_rows` rows
+    (vmapped outside the loop)."""
     n = g.n
-    bar_std = _std_from(r, "bar", g.cnt_bars)
-    bar_mean = _safe_div(r["bar_sum"], g.cnt_bars)
+    dt = bm.dtype
+    bar_std = _std_from(r, "bar", g.s_bars.cnt)
+    bar_mean = _safe_div(r["bar_sum"], g.s_bars.cnt)
     out = {
-        "row_std_avg_legacy": _std_from(r, "rl", jnp.full((n,), n - 1.0)).mean(-1),
-        "row_std_avg_valid": _head_level(_std_from(r, "rv", g.cnt_sel), g.cnt_sel, "valid"),
+        "row_std_avg_legacy": _std_from(r, "rl", g.s_legacy.cnt).mean(),
+        "row_std_avg_valid": _head_level(
+            _std_from(r, "rv", g.s_valid.cnt), g.s_valid.cnt, "valid"
+        ),
         "row_uniformity_std": bar_std,
         "row_uniformity_cv": jnp.where(bar_mean > 0, bar_std / jnp.maximum(bar_mean, 1e-30), 0.0),
-        "entropy_nats": -r["ent"].mean(-1),
-        "concentration": r["max"].mean(-1),
+        "entropy_nats": -r["ent"].mean(),
+        "concentration": r["max"].mean(),
         # positional profiles are linear in beta: the profile of the head mean is the profile
         # pooled over heads (every head contributes the same pairs to each distance bucket)
         "pos_profile_legacy": _diag_sums(bm * g.lower) / g.cnt_legacy,
         "pos_profile_valid": _diag_sums(bm * g.w_pos) / jnp.maximum(g.cnt_valid, 1.0),
-        "pos_count_valid": g.cnt_valid,
     }
-    if tokens is not None:
+    # nearby (d = 1..5) vs far (last 5 distances); valid-mode buckets without pairs are skipped
+    has = {"legacy": jnp.ones((n,), dt), "valid": (g.cnt_valid > 0).astype(dt)}
+    buckets = {"near": slice(1, 1 + POS_BUCKETS), "far": slice(max(n - POS_BUCKETS, 1), n),
+               "all": slice(1, n)}
+    for tag in ("legacy", "valid"):
+        prof, w = out[f"pos_profile_{tag}"], has[tag]
+        for name, sl in buckets.items():
+            out[f"pos_{name}_{tag}"] = _safe_div((prof[sl] * w[sl]).sum(), w[sl].sum())
+        if n - 1 >= 2 * POS_BUCKETS:  # the reference needs >= 10 distances (static)
+            out[f"pos_ratio_{tag}"] = out[f"pos_near_{tag}"] / (out[f"pos_far_{tag}"] + RATIO_EPS)
+    if tok is not None:
         n_past, n_past_v = g.past.sum(), g.past_valid.sum()
         for tag, suf, total in (("legacy", "l", n_past), ("valid", "v", n_past_v)):
-            cnt_same = r["cnt_same" if tag == "legacy" else "cnt_same_v"].sum(-1)
-            same = r[f"same_{suf}"].sum(-1)
+            cnt_same = r["cnt_same" if tag == "legacy" else "cnt_same_v"].sum()
+            same = r[f"same_{suf}"].sum()
             out[f"rep_same_{tag}"] = _safe_div(same, cnt_same)
-            out[f"rep_diff_{tag}"] = _safe_div(r[f"past_{suf}"].sum(-1) - same, total - cnt_same)
-        out["rep_pairs"] = r["cnt_same"].sum(-1)
-        is_sp = jnp.zeros(tokens.shape, bool)
+            out[f"rep_diff_{tag}"] = _safe_div(r[f"past_{suf}"].sum() - same, total - cnt_same)
+        out["rep_pairs"] = r["cnt_same"].sum()
+        is_sp = jnp.zeros(tok.shape, bool)
         for s in special_ids:
-            is_sp = is_sp | (tokens == s)
-        sp = is_sp.astype(bm.dtype)  # [B, N]
-        n_sp = sp.sum(-1)
-        col_legacy = bm.mean(-2)  # column means over all rows (ref §3.5)
-        col_valid = _safe_div((bm * g.w_col).sum(-2), g.mask.sum(0))
+            is_sp = is_sp | (tok == s)
+        sp = is_sp.astype(dt)  # [N]
+        n_sp = sp.sum()
+        col_legacy = bm.mean(0)  # column means over all rows (ref §3.5)
+        col_valid = _safe_div((bm * g.w_col).sum(0), g.mask.sum(0))
         for tag, col in (("legacy", col_legacy), ("valid", col_valid)):
-            out[f"special_mean_{tag}"] = _safe_div((col * sp).sum(-1), n_sp)
-            out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(-1), n - n_sp)
-        out["special_count"] = jnp.broadcast_to(n_sp, out["rep_pairs"].shape)
+            out[f"special_mean_{tag}"] = _safe_div((col * sp).sum(), n_sp)
+            out[f"regular_mean_{tag}"] = _safe_div((col * (1.0 - sp)).sum(), n - n_sp)
+        out["special_count"] = n_sp
     if km is not None:
-        shift = km[(..., *_kl_shift_index(n))]
+        shift = km[_kl_shift_index(n)]
         out.update(_finish_moments(r, shift, g.off, "ko", "kl_offdiag"))
         out.update(_finish_moments(r, shift, g.off * g.mask, "kv", "kl_valid"))
         s = min(KL_SAMPLE, n)
-        out["kl_sample"] = km[..., :s, :s]
+        out["kl_sample"] = km[:s, :s]
     return out
 
 
@@ -594,9 +614,11 @@ def _row_std_rows(beta: Array, mask: Array | None, mode: str, include_diag: bool
     sel = _Sel(_row_selection(_resolve_mask(mask, n, m), mode, inc).astype(beta.dtype))
 
     def one(b):
-        return _std_from(_row_reduce(_std_terms(b, sel, "r")), "r", sel.cnt)
+        std = _std_from(_row_reduce(_std_terms(b, sel, "r")), "r", sel.cnt)
+        return std, _head_level(std, sel.cnt, mode)
 
-    return _lift(one, beta.ndim - 2)(beta), sel.cnt
+    std, head = _lift(one, beta.ndim - 2)(beta)
+    return std, head, sel.cnt
 
 
 @functools.partial(jax.jit, static_argnames=("mode", "include_diag"))
@@ -622,7 +644,7 @@ def row_std_per_row(
         ``(std [..., N], n_keys [N])``: per-row std (0 where a row has fewer than two keys) and
         the number of keys each row's std runs over.
     """
-    std, cnt = _row_std_rows(beta, mask, mode, include_diag)
+    std, _, cnt = _row_std_rows(beta, mask, mode, include_diag)
     return std, cnt.astype(jnp.int32)
 
 
@@ -652,8 +674,7 @@ def row_std(
     >>> float(row_std(b, mode="valid"))
     0.0
     """
-    std, cnt = _row_std_rows(beta, mask, mode, include_diag)
-    return _head_level(std, cnt, mode)
+    return _row_std_rows(beta, mask, mode, include_diag)[1]
 
 
 def row_std_label(value: float) -> str:
@@ -686,8 +707,8 @@ def row_sums(
         ``(sum_all [..., N], sum_valid [..., N])``.
     """
     n, m = beta.shape[-2:]
-    mk = _resolve_mask(mask, n, m)
-    return beta.sum(-1), jnp.where(mk, beta, 0.0).sum(-1)
+    mk = _resolve_mask(mask, n, m).astype(beta.dtype)
+    return _lift(lambda b: (b.sum(-1), (b * mk).sum(-1)), beta.ndim - 2)(beta)
 
 
 @functools.partial(jax.jit, static_argnames=("special_ids", "include_diag", "query_var_batches"))
@@ -705,8 +726,8 @@ def _all_metrics_jit(
     # per head, O(N*M): one pass per head in the loop, reductions over rows outside it
     args = (beta, kl) if with_kl else (beta,)
     rows = _map_lead(lambda b, k=None: _k_head_rows(b, k, g), args, 3)
-    out = _finish_head(rows, g)
-    out.update(_query_sub(beta, g))
+    out = _lift(lambda r: _finish_head(r, g), 3)(rows)
+    out.update(_lift(lambda b: _k_query_sub(b, g), 3)(beta))
 
     # per head, O(N^3) / transposes, on the first Bq batch elements: [L, Bq, H]
     bq = max(1, min(query_var_batches, n_batch))
@@ -730,21 +751,15 @@ def _all_metrics_jit(
         return _k_mean_rows(x, t, k, g)
 
     rows = _map_lead(mean_kernel, tuple(args), 2)
-    out.update(_finish_mean(rows, bm, tok, km, g, special_ids))
-    # nearby (d = 1..5) vs far (last 5 distances); valid-mode buckets without pairs are skipped
-    has = {"legacy": jnp.ones((n,), beta.dtype), "valid": (g.cnt_valid > 0).astype(beta.dtype)}
-    near_sl, far_sl = slice(1, 1 + POS_BUCKETS), slice(max(n - POS_BUCKETS, 1), n)
-    all_sl = slice(1, n)
-    for tag in ("legacy", "valid"):
-        prof, w = out[f"pos_profile_{tag}"], has[tag]
 
-        def bucket_mean(sl, prof=prof, w=w):
-            return _safe_div((prof[..., sl] * w[sl]).sum(-1), w[sl].sum())
+    def finish_mean(r, x, *rest):
+        rest = list(rest)
+        t = rest.pop(0) if with_tok else None
+        k = rest.pop(0) if with_kl else None
+        return _finish_mean(r, x, t, k, g, special_ids)
 
-        out[f"pos_near_{tag}"], out[f"pos_far_{tag}"] = bucket_mean(near_sl), bucket_mean(far_sl)
-        out[f"pos_all_{tag}"] = bucket_mean(all_sl)
-        if n - 1 >= 2 * POS_BUCKETS:  # the reference needs >= 10 distances (static)
-            out[f"pos_ratio_{tag}"] = out[f"pos_near_{tag}"] / (out[f"pos_far_{tag}"] + RATIO_EPS)
+    out.update(_lift(finish_mean, 2)(rows, *args))
+    out["pos_count_valid"] = g.cnt_valid
 
     for x, kern in ((mu, _k_mu), (phi, _k_phi), (sigma_diag, _k_sigma)):
         if x is None:

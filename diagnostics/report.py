@@ -1,4 +1,4 @@
-"""JSON and markdown writers (and a JSON reader) for :class:`~diagnostics.validate.ValidationReport`.
+"""JSON / markdown writers and a JSON reader for :class:`diagnostics.validate.ValidationReport`.
 
 JSON schema, version 1
 ======================
@@ -396,22 +396,23 @@ def to_markdown(report: ValidationReport) -> str:
                     v = r.valid or r
                     row += f" {_status(v)} | {_fmt(v.score)} | {_cell(v.message)} |"
                 out.append(row)
-        out += ["", "### Per-head row_std", "", "| Head | Label | row_std | status | "
-                "row_std (valid) | status (valid) |", "|---|---|---|---|---|---|"]
+        out += ["", "### Per-head row_std", "",
+                "| Head | Label | row_std | status | row_std (valid) | status (valid) |",
+                "|---|---|---|---|---|---|"]
         out += [f"| {h.head} | {h.label} | {h.row_std:.4f} | {row_std_label(h.row_std)} | "
                 f"{h.row_std_valid:.4f} | {row_std_label(h.row_std_valid)} |" for h in lay.heads]
         out += ["", "### Per-irrep row_std", "",
                 render_irrep_table(lay.irreps[modes[0]], lay.irreps["valid"] if both else None)]
         for m in modes:
             s, c = lay.summaries[m], lay.conclusions[m]
-            out += ["", f"### Summary ({m})", "",
-                    f"Passed {s.passed}/{s.total_tests}; critical failures: "
-                    f"{s.critical_failures}; warnings: {s.warnings}.", ""]
+            counts = (f"Passed {s.passed}/{s.total_tests}; critical failures: "
+                      f"{s.critical_failures}; warnings: {s.warnings}.")
+            out += ["", f"### Summary ({m})", "", counts, ""]
             out += [f"- {_cell(i)}" for i in s.issues]
             out += ["", f"**{c.headline}**"] + [f"- {h}" for h in c.hints]
             for sc in lay.scenarios[m]:
-                out += ["", f"*Scenario {sc.number}: {sc.title}* ({sc.evidence}). "
-                            f"{sc.interpretation} Action: {sc.action}"]
+                out += ["", (f"*Scenario {sc.number}: {sc.title}* ({sc.evidence}). "
+                             f"{sc.interpretation} Action: {sc.action}")]
     return "\n".join(out) + "\n"
 
 

@@ -1,9 +1,9 @@
 """The 9-part attention validation report (seed 000), for every layer, from host-side metrics.
 
 The decision logic of the reference validator (ref-diagnostics §3) is reimplemented here on top
-of :func:`diagnostics.metrics.all_metrics` results fetched to the host (``jax.device_get``).
-Nothing in this module touches JAX except :func:`run_validation` and :func:`kappa_sweep`, which
-call the jitted metrics.
+of :func:`diagnostics.metrics.all_metrics` results fetched to the host (``jax.device_get``):
+:func:`validate` and the renderers only read numpy arrays; :func:`run_validation` and
+:func:`kappa_sweep` call the jitted metrics.
 
 Parts and tests (name, the reference's thresholds and severities):
 
@@ -37,15 +37,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
+import jax
 import numpy as np
 
-from diagnostics.metrics import SHARP_THRESHOLD, row_std_label, row_std_status
+from diagnostics.metrics import (
+    SHARP_THRESHOLD,
+    all_metrics,
+    row_std,
+    row_std_label,
+    row_std_status,
+)
 
 Severity = Literal["info", "warning", "critical"]
 Mode = Literal["legacy", "valid"]
@@ -683,7 +691,8 @@ def _part9(c: _Ctx, mode: Mode) -> PartReport:
                 res.append(_result("Ablation: Local", True, delta, 0.0, "info",
                                    f"✓ Learned is better than local by {delta:.2f} PPL", 9))
             continue
-        pct = 100.0 * (ppl - ppl_l) / ppl_l if ppl_l > 0 else math.inf
+        # (ppl - ppl_l) / ppl_l computed from the losses: finite even when both PPLs overflow
+        pct = 100.0 * math.expm1(loss - base) if loss - base < 700 else math.inf
         lines.append(f"    → Degradation: {ppl - ppl_l:+.2f} PPL ({pct:+.1f}%)")
         label = f"Ablation: {title}"
         if pct > ABLATION_HELPS:
@@ -923,10 +932,6 @@ def run_validation(
 
     Extra keyword arguments go to :func:`validate`.
     """
-    import jax
-
-    from diagnostics.metrics import all_metrics
-
     metrics = jax.device_get(
         all_metrics(beta, kl, mask, tokens, mu=mu, phi=phi, sigma_diag=sigma_diag,
                     special_ids=tuple(special_ids), include_diag=include_diag,
@@ -955,6 +960,12 @@ class KappaSweep:
     row_std: Mapping[str, np.ndarray]
 
 
+@functools.partial(jax.jit, static_argnames=("include_diag",))
+def _row_std_both(beta, mask, include_diag):  # [..., N, N] -> ([...], [...])
+    return (row_std(beta, mask, mode="legacy"),
+            row_std(beta, mask, mode="valid", include_diag=include_diag))
+
+
 def kappa_sweep(
     beta_fn: Callable[[float], object],
     kappas: Sequence[float] = DEFAULT_KAPPAS,
@@ -976,20 +987,15 @@ def kappa_sweep(
         batch_index: batch element to report.
         include_diag: valid-mode diagonal handling (see ``metrics.row_std``).
     """
-    import jax
-    import jax.numpy as jnp
-
-    from diagnostics.metrics import row_std
-
     out: dict[str, list[np.ndarray]] = {"legacy": [], "valid": []}
     for kappa in kappas:
-        beta = jnp.asarray(beta_fn(float(kappa)))
+        beta = np.asarray(beta_fn(float(kappa)))
         beta = beta[None] if beta.ndim == 4 else beta
-        beta = beta[:, batch_index]
-        for md in out:
-            inc = include_diag if md == "valid" else None
-            out[md].append(np.asarray(jax.device_get(row_std(beta, mask, mode=md,
-                                                               include_diag=inc))))
+        n = beta.shape[-1]
+        mk = np.tri(n, dtype=bool) if mask is None else np.asarray(mask, bool)
+        legacy, valid = jax.device_get(_row_std_both(beta[:, batch_index], mk, include_diag))
+        out["legacy"].append(legacy)
+        out["valid"].append(valid)
     n_heads = out["legacy"][0].shape[-1]
     labels = tuple(labels) if labels is not None else tuple(f"H{h}" for h in range(n_heads))
     return KappaSweep(tuple(float(k) for k in kappas), labels,
@@ -1057,8 +1063,8 @@ def _render_summary(summary: Summary, conclusion: Conclusion, title: str) -> lis
 def render_layer(layer: LayerReport, mode: MetricsMode, n_layers: int) -> str:
     """One layer's full report: the nine parts, per-mode summary, conclusion and scenarios."""
     modes = MODES[mode]
-    out = [RULE, f"ATTENTION VALIDATION REPORT — layer {layer.layer} of {n_layers} "
-                 f"(metrics: {mode})", RULE]
+    title = f"ATTENTION VALIDATION REPORT — layer {layer.layer} of {n_layers} (metrics: {mode})"
+    out = [RULE, title, RULE]
     for part in layer.parts:
         out += ["", f"[{part.part}/9] {part.title}", THIN]
         if part.part == 5:
@@ -1135,7 +1141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = dims = None
     if args.irreps:
         labels, dims = head_labels(args.irreps, args.embed_dim)
-    get = lambda k: data[k] if k in data.files else None  # noqa: E731
+
+    def get(key):
+        return data[key] if key in data.files else None
+
     rep = run_validation(
         beta, _layer_stack(data, "attn_kl_L"), None, get("tokens"), mu=get("mu_final"),
         phi=get("phi_final"), sigma_diag=sigma_diag, special_ids=args.special_ids,

@@ -24,6 +24,9 @@ so3_log                    ``"reference"``      ``"stable"``      acos log map: 
                                                                   imprecise for small angles
 prior_includes_pos_embed   True                 False             μ_prior contains pos_embed although documented
                                                                   as position-independent
+phi_step_grad              ``"all_pairs"``      ``"query_role"``  the φ step differentiates Σ_ij β_ij KL_ij also
+                                                                  through φ_i as a *key* of later queries, so
+                                                                  updated frames depend on future tokens
 =========================  ===================  ================  ===============================================
 """
 
@@ -46,6 +49,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         phi_step="train_only",
         so3_log="reference",
         prior_includes_pos_embed=True,
+        phi_step_grad="all_pairs",
     ),
     "clean": dict(
         attention_transport="exact",
@@ -56,6 +60,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         phi_step="always",
         so3_log="stable",
         prior_includes_pos_embed=False,
+        phi_step_grad="query_role",
     ),
 }
 
@@ -73,6 +78,7 @@ _CHOICES = {
     "attention_pattern": ("full", "local", "strided"),
     "ffn": ("vfe", "mlp"),
     "kl_impl": ("factorized", "direct"),
+    "phi_step_grad": ("all_pairs", "query_role"),
 }
 
 
@@ -113,7 +119,7 @@ class ModelConfig:
       kl_eps: regulariser added to covariances in every KL.
       kl_impl: ``"factorized"`` (default, GEMM-based) or ``"direct"`` (per-pair reference formula; small N).
       attention_transport, causal, logdet_eps_in_log, ffn_coupling_sign, train_forward, phi_step, so3_log,
-        prior_includes_pos_embed: bug flags, see the module docstring.
+        prior_includes_pos_embed, phi_step_grad: bug flags, see the module docstring.
     """
 
     vocab_size: int
@@ -162,6 +168,7 @@ class ModelConfig:
     phi_step: str | None = None
     so3_log: str | None = None
     prior_includes_pos_embed: bool | None = None
+    phi_step_grad: str | None = None
 
     def __post_init__(self):
         if self.profile not in PROFILES:

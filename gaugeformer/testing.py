@@ -118,3 +118,41 @@ def tiny_model(seed: int = 0, **overrides):
     from gaugeformer.model.lm import GaugeTransformerLM
 
     return GaugeTransformerLM(tiny_config(**overrides), rngs=nnx.Rngs(seed))
+
+
+# Tolerances of the parity tests (tests/model/test_parity.py), shared with the converter's --validate.
+FORWARD_RTOL = 1e-5  # forward tensors: max|ours - ref| / max|ref|
+LOSS_TOL = 1e-5  # loss terms: |ours - ref| / max(1, |ref|)
+GRAD_RTOL = 1e-4  # gradients: ||ours - ref|| / ||ref||
+KL_ATOL = 1e-5  # KL tensors: absolute floor (KLs are float32 differences of O(10) log-det/trace terms)
+SIGMA_GRAD_RTOL = 1e-3  # log-σ gradients: reached only through those KLs (self-consistency detaches Σ)
+_LOSS_KEYS = ("train_loss_total", "ce_nograd")
+
+
+def golden_error(key: str, ours, ref) -> tuple[float, float, float]:
+    """``(max_abs, rel, tol)`` for one golden tensor under the parity tests' rules; passes if rel <= tol.
+
+    * ``grad_<param>``: ``rel = ||ours - ref|| / ||ref||``, tol :data:`GRAD_RTOL` (:data:`SIGMA_GRAD_RTOL`
+      for ``*log_sigma*`` parameters: the trained fixture's exception, applied by parameter kind);
+      ``gradnorm_<param>``: ``ours`` is the gradient itself, compared by its norm.
+    * loss terms (``train_loss_total``, ``train_metric_*``, ``ce_nograd``): ``|d| / max(1, |ref|)``.
+    * forward tensors: ``max|d| / max|ref|``, tol :data:`FORWARD_RTOL`; KL tensors divide by
+      ``max(max|ref|, KL_ATOL / FORWARD_RTOL)``, i.e. an absolute floor of :data:`KL_ATOL`.
+    """
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if key.startswith("gradnorm_"):
+        err = abs(float(np.linalg.norm(ours)) - float(ref))
+        return err, err / max(abs(float(ref)), 1e-30), GRAD_RTOL
+    if ours.shape != ref.shape:
+        return float("inf"), float("inf"), 0.0
+    diff = ours - ref
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    if key.startswith("grad_"):
+        tol = SIGMA_GRAD_RTOL if "log_sigma" in key else GRAD_RTOL
+        return max_abs, float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30)), tol
+    if key in _LOSS_KEYS or key.startswith("train_metric_"):
+        return max_abs, max_abs / max(1.0, float(np.abs(ref).max())), LOSS_TOL
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    if "kl" in key.split("_"):
+        scale = max(scale, KL_ATOL / FORWARD_RTOL)
+    return max_abs, max_abs / max(scale, 1e-30), FORWARD_RTOL

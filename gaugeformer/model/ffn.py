@@ -25,6 +25,7 @@ def vfe_params(cfg: ModelConfig) -> vfe.VFEParams:
         mask_self=cfg.mask_self_attention,
         phi_lr=cfg.phi_lr,
         phi_max_norm=cfg.phi_max_norm,
+        phi_grad_query_role=cfg.phi_step_grad == "query_role",
     )
 
 

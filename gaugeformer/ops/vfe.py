@@ -47,6 +47,7 @@ class VFEParams:
       mask_self: mask the diagonal of the FFN's β.
       phi_lr: step of the φ update.
       phi_max_norm: cap on ‖φ‖ after the φ update.
+      phi_grad_query_role: differentiate the φ energy only through each token's query row (causal).
     """
 
     alpha: float
@@ -65,6 +66,7 @@ class VFEParams:
     mask_self: bool = False
     phi_lr: float = 0.05
     phi_max_norm: float = 3.14159
+    phi_grad_query_role: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,33 +112,37 @@ def _centre(t: _Pulled) -> Array:
     return jax.lax.stop_gradient(t.a[:, :1])
 
 
-def _pair_kls(t: _Pulled, eps: float) -> tuple[Array, Array, Array]:
-    """Per-head ``(KL_β, K̂, centre)`` of one group, ``[B, h, N, M]`` before clamping.
+def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
+    """Per-head ``(KL_β, K̂)`` of one group, ``[B, h, N, M]`` before clamping.
 
-    ``KL_β`` regularises Σ_i in the trace (the β path); ``K̂`` does not (the coupling path, ref-ffn §3.3).
+    Query-side quantities come from ``tq`` and key-side ones from ``tk`` (the same object except in the
+    causal φ step).  ``KL_β`` regularises Σ_i in the trace (the β path); ``K̂`` does not (the coupling path,
+    ref-ffn §3.3).
     """
-    d = t.a.shape[-1]
-    c = _centre(t)
-    a = t.a - c
-    pb = jnp.einsum("bmhkl,bmhl->bmhk", t.p, a)
-    quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], t.p)
+    d = tq.a.shape[-1]
+    c = _centre(tk)
+    a, b = tq.a - c, tk.a - c
+    pb = jnp.einsum("bmhkl,bmhl->bmhk", tk.p, b)
+    quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
     cross = jnp.einsum("bnhk,bmhk->bhnm", a, pb)
-    quad_b = jnp.einsum("bmhk,bmhk->bhm", a, pb)[:, :, None, :]
-    trace = jnp.einsum("bnhkl,bmhkl->bhnm", t.sig, t.p)
-    trace_p = jnp.trace(t.p, axis1=-2, axis2=-1).transpose(0, 2, 1)[:, :, None, :]
-    ld = t.ld.transpose(0, 2, 1)
-    base = trace + quad_a - 2.0 * cross + quad_b - d + ld[:, :, None, :] - ld[..., None]
-    return 0.5 * (base + eps * trace_p), 0.5 * base, c
+    quad_b = jnp.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
+    trace = jnp.einsum("bnhkl,bmhkl->bhnm", tq.sig, tk.p)
+    trace_p = jnp.trace(tk.p, axis1=-2, axis2=-1).transpose(0, 2, 1)[:, :, None, :]
+    ld_k, ld_q = tk.ld.transpose(0, 2, 1), tq.ld.transpose(0, 2, 1)
+    base = trace + quad_a - 2.0 * cross + quad_b - d + ld_k[:, :, None, :] - ld_q[..., None]
+    return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
-def block_kl(pulled: list[_Pulled], eps: float) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
+def block_kl(pulled: list[_Pulled], eps: float, keys: list[_Pulled] | None = None
+             ) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
     """Block-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then heads are summed.
 
-    A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the reference's fallback).
+    ``keys`` (default: ``pulled``) supplies the key-side quantities.  A head whose Cholesky failed
+    anywhere contributes ``eps`` everywhere (the reference's fallback).
     """
     kl_beta, kl_hat = 0.0, 0.0
-    for t in pulled:
-        kb, kh, _ = _pair_kls(t, eps)
+    for t, tk in zip(pulled, keys or pulled):
+        kb, kh = _pair_kls(t, tk, eps)
         kb = jnp.where(t.ok, jnp.maximum(kb, 0.0), eps).sum(1)
         kh = jnp.where(t.ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
         kl_beta, kl_hat = kl_beta + kb, kl_hat + kh
@@ -283,10 +289,19 @@ def _ridge_coefficient(new: list[Array], ridge: Array) -> tuple[Array, Array]:
 
 
 def phi_energy(phi, mu, sigma, groups_gens, mask, hp: VFEParams, exp_fn):
-    """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed)."""
+    """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
+
+    With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
+    attention); otherwise φ_i is also differentiated in its role as a key of every later query, which
+    makes the updated φ_i depend on future tokens (the reference).
+    """
     rots = rotations(groups_gens, phi, exp_fn)
     pulled = [_pull_back(m, s, r, hp.eps, hp.eps_log) for m, s, r in zip(mu, sigma, rots)]
-    kl, _ = block_kl(pulled, hp.eps)
+    keys = None
+    if hp.phi_grad_query_role:
+        key_rots = rotations(groups_gens, jax.lax.stop_gradient(phi), exp_fn)
+        keys = [_pull_back(m, s, r, hp.eps, hp.eps_log) for m, s, r in zip(mu, sigma, key_rots)]
+    kl, _ = block_kl(pulled, hp.eps, keys)
     beta = ffn_beta(kl, mask, hp)
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 

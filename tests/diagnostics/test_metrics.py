@@ -66,10 +66,16 @@ def run(beta, mask=None, **kw):
     return jax.device_get(M.all_metrics(beta, mask=mask, query_var_batches=beta.shape[1], **kw))
 
 
+def table_patterns(n):
+    """[1, 4, 1, N, N]: uniform causal, uniform causal mask_self, previous-token, self one-hot."""
+    pats = uniform_causal(n), uniform_causal(n, True), prev_onehot(n), self_onehot(n)
+    return stack_patterns(*pats)
+
+
 @pytest.fixture(scope="module", params=[64, 94, 128])
 def table(request):
     n = request.param
-    beta = stack_patterns(uniform_causal(n), uniform_causal(n, True), prev_onehot(n), self_onehot(n))
+    beta = table_patterns(n)
     return n, beta, run(beta)
 
 
@@ -177,7 +183,7 @@ SPEC_ONEHOT = {64: 0.1230, 94: 0.1020, 128: 0.0877}
 
 
 def test_spec_table_legacy(table):
-    n, beta, m = table
+    n, _, m = table
     for b_idx, row in enumerate(SPEC_TABLE[n]):
         rs, dev, ent, ratio, qv = row
         # the spec prints 4/4/3/2/3 decimals; allow the last printed digit (+ rounding of 0.1885)
@@ -189,22 +195,23 @@ def test_spec_table_legacy(table):
 
 
 def test_legacy_matches_numpy(table):
-    n, beta, m = table
+    _, beta, m = table
     for b_idx in range(beta.shape[1]):
         b = beta[0, b_idx, 0].astype(np.float64)
         assert m["row_std_legacy"][0, b_idx, 0] == pytest.approx(np_row_std_legacy(b), abs=2e-6)
         mean, mx = np_uniform_dev(b)
         assert m["uniform_dev_mean_legacy"][0, b_idx, 0] == pytest.approx(mean, abs=2e-6)
         assert m["uniform_dev_max_legacy"][0, b_idx, 0] == pytest.approx(mx, abs=2e-6)
-        assert m["entropy_norm_legacy"][0, b_idx, 0] == pytest.approx(np_entropy_legacy(b), abs=1e-5)
-        near, far, ratio, _ = np_positional(b[None])
+        ent = np_entropy_legacy(b)
+        assert m["entropy_norm_legacy"][0, b_idx, 0] == pytest.approx(ent, abs=1e-5)
+        near, far, _, _ = np_positional(b[None])
         assert m["pos_near_legacy"][0, b_idx] == pytest.approx(near, rel=1e-5)
         assert m["pos_far_legacy"][0, b_idx] == pytest.approx(far, rel=1e-4)
         assert m["query_var_legacy"][0, b_idx, 0] == pytest.approx(np_query_var(b), abs=1e-5)
 
 
 def test_onehot_rows_and_the_legacy_bound(table):
-    n, beta, m = table
+    n, _, m = table
     bound = math.sqrt(n - 2) / (n - 1)
     prev, selfo = m["row_std_legacy"][0, 2, 0], m["row_std_legacy"][0, 3, 0]
     assert prev == pytest.approx(SPEC_ONEHOT[n], abs=6e-5)
@@ -236,7 +243,7 @@ def test_labels():
 
 
 def test_uniform_causal_is_uniform_in_valid_mode(table):
-    n, beta, m = table
+    n, _, m = table
     assert m["row_std_valid"][0, 0, 0] == pytest.approx(0.0, abs=1e-6)
     assert m["uniform_dev_mean_valid"][0, 0, 0] == pytest.approx(0.0, abs=1e-6)
     assert m["entropy_norm_valid"][0, 0, 0] == pytest.approx(1.0, abs=1e-5)
@@ -255,8 +262,9 @@ def test_valid_mode_matches_numpy(table):
         mean, mx = np_uniform_dev_valid(b, mk)
         assert m["uniform_dev_mean_valid"][0, b_idx, 0] == pytest.approx(mean, abs=2e-6)
         assert m["uniform_dev_max_valid"][0, b_idx, 0] == pytest.approx(mx, abs=2e-6)
-        assert m["entropy_norm_valid"][0, b_idx, 0] == pytest.approx(np_entropy_valid(b, mk), abs=1e-5)
-        near, far, ratio, _ = np_positional(b[None], mk)
+        ent = np_entropy_valid(b, mk)
+        assert m["entropy_norm_valid"][0, b_idx, 0] == pytest.approx(ent, abs=1e-5)
+        _, _, ratio, _ = np_positional(b[None], mk)
         assert m["pos_ratio_valid"][0, b_idx] == pytest.approx(ratio, rel=1e-4)
         qv = np_query_var(b - np_uniform_rows(mk))
         assert m["query_var_valid"][0, b_idx, 0] == pytest.approx(qv, abs=1e-5)
@@ -291,8 +299,10 @@ def test_row_sums_with_the_eps_floor(table):
     assert m["future_mass_mean"][0, 0, 0] == pytest.approx(masked.mean() * EPS, rel=1e-4)
 
 
-def test_public_row_std_agrees_with_all_metrics(table):
-    n, beta, m = table
+def test_public_row_std_agrees_with_all_metrics():
+    n = 64  # one shape: the public functions compile separately from all_metrics
+    beta = table_patterns(n)
+    m = run(beta)
     np.testing.assert_allclose(
         jax.device_get(M.row_std(beta)), m["row_std_legacy"], atol=1e-6, rtol=0
     )
@@ -358,7 +368,8 @@ def golden():
             sigma_diag=sigma_diag, special_ids=special,
         )
     )
-    return dict(beta=beta, kl=kl, tokens=tokens, special=special, g=g, sd=sigma_diag, m=m)
+    return {"beta": beta, "kl": kl, "tokens": tokens, "special": special, "g": g,
+            "sd": sigma_diag, "m": m}
 
 
 def test_golden_shapes(golden):
@@ -378,7 +389,10 @@ def test_golden_per_head_against_numpy(golden):
     future = np.triu(np.ones((N, N), bool), 1)
     for idx in np.ndindex(L, B, H):
         b, k = beta[idx], kl[idx]
-        close = lambda key, v, tol=2e-6: np.testing.assert_allclose(m[key][idx], v, atol=tol)  # noqa
+
+        def close(key, v, tol=2e-6, idx=idx):
+            np.testing.assert_allclose(m[key][idx], v, atol=tol, err_msg=key)
+
         close("row_std_legacy", np_row_std_legacy(b))
         close("row_std_valid", np_row_std_valid(b, mk))
         close("rowsum_maxerr_all", np.abs(b.sum(1) - 1).max(), 5e-7)
@@ -410,18 +424,21 @@ def test_golden_per_head_against_numpy(golden):
 def test_golden_head_means_against_numpy(golden):
     beta, kl, m = golden["beta"].astype(np.float64), golden["kl"].astype(np.float64), golden["m"]
     tokens, special = golden["tokens"], golden["special"]
-    L, B, H, N, _ = beta.shape
+    L, B, _, N, _ = beta.shape
     mk = causal(N)
     n_i = mk.sum(1)
     past = np.tri(N, k=-1, dtype=bool)
     off = ~np.eye(N, dtype=bool)
     for l, b in np.ndindex(L, B):
         bm, km = beta[l, b].mean(0), kl[l, b].mean(0)
-        close = lambda key, v, tol=2e-6: np.testing.assert_allclose(m[key][l, b], v, atol=tol)  # noqa
+
+        def close(key, v, tol=2e-6, lb=(l, b)):
+            np.testing.assert_allclose(m[key][lb], v, atol=tol, err_msg=key)
+
         # positional bias pooled over heads, legacy and corrected
-        near, far, ratio, _ = np_positional(beta[l, b])
+        _, _, ratio, _ = np_positional(beta[l, b])
         close("pos_ratio_legacy", ratio, 1e-4 * ratio)
-        near, far, ratio, _ = np_positional(beta[l, b], mk)
+        _, _, ratio, _ = np_positional(beta[l, b], mk)
         close("pos_ratio_valid", ratio, 1e-4 * ratio)
         close("row_std_avg_legacy", np_row_std_legacy(bm))
         # §2.4 bars: std over j <= i of the head mean, 0 for the one-element row
