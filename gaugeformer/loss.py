@@ -19,20 +19,18 @@ from gaugeformer.ops import gaussian as gs
 def gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, eps: float, eps_log: float) -> Float[Array, "B N"]:
     """``KL(N(μ_q, Σ_q) ‖ N(μ_p, Σ_p))`` per token over block-diagonal covariances, clamped at 0.
 
-    Each argument is a per-group list (``[B,N,h,d]`` means, ``[B,N,h,d,d]`` covariances); both covariances
-    get ``eps·I`` and the log-dets carry ``eps_log`` inside the log, as the reference's full-K KL does.
+    Means ``[B,N,H,D]`` and covariances ``[B,N,H,D,D]`` per head (padding slots contribute 0); both
+    covariances get ``eps·I`` and the log-dets carry ``eps_log`` inside the log, as the reference's full-K
+    KL does.
     """
-    total = 0.0
-    for mq, sq, mp, sp in zip(mu_q, sig_q, mu_p, sig_p):
-        d = mq.shape[-1]
-        lp = jnp.linalg.cholesky(gs.add_eye(sp, eps))
-        lq = jnp.linalg.cholesky(gs.add_eye(sq, eps))
-        x = jax.scipy.linalg.solve_triangular(lp, lq, lower=True)
-        y = jax.scipy.linalg.solve_triangular(lp, (mq - mp)[..., None], lower=True)[..., 0]
-        kl = (jnp.sum(x * x, axis=(-2, -1)) + jnp.sum(y * y, -1) - d
-              + gs.chol_logdet(lp, eps_log) - gs.chol_logdet(lq, eps_log))
-        total = total + 0.5 * jnp.sum(kl, axis=-1)
-    return jnp.maximum(total, 0.0)
+    d = mu_q.shape[-1]
+    lp = jnp.linalg.cholesky(gs.add_eye(sig_p, eps))
+    lq = jnp.linalg.cholesky(gs.add_eye(sig_q, eps))
+    x = jax.scipy.linalg.solve_triangular(lp, lq, lower=True)
+    y = jax.scipy.linalg.solve_triangular(lp, (mu_q - mu_p)[..., None], lower=True)[..., 0]
+    kl = (jnp.sum(x * x, axis=(-2, -1)) + jnp.sum(y * y, -1) - d
+          + gs.chol_logdet(lp, eps_log) - gs.chol_logdet(lq, eps_log))
+    return jnp.maximum(0.5 * jnp.sum(kl, axis=-1), 0.0)
 
 
 def cross_entropy(logits: Float[Array, "B N V"], targets: Int[Array, "B N"], ignore_index: int = -100):
@@ -75,8 +73,8 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
     align = lambda_beta * jnp.mean(jnp.sum(st.beta * st.kl, axis=(-2, -1)))
     mu_q = blocks.split_mu(st.mu, cfg.layout)
     mu_p = blocks.split_mu(st.mu_prior, cfg.layout)
-    sig_q = [jax.lax.stop_gradient(_full(s)) for s in st.sigma]
-    sig_p = [jax.lax.stop_gradient(_full(s)) for s in st.sigma_prior]
+    sig_q = jax.lax.stop_gradient(_full(st.sigma))
+    sig_p = jax.lax.stop_gradient(_full(st.sigma_prior))
     self_consistency = alpha * jnp.mean(gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, cfg.kl_eps, cfg.eps_log))
     total = ce + align + self_consistency
     metrics = {
@@ -91,4 +89,4 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
 
 
 def _full(s):
-    return s[..., :, None] * jnp.eye(s.shape[-1], dtype=s.dtype) if s.ndim == 4 else s
+    return blocks.diag_to_full(s) if s.ndim == 4 else s

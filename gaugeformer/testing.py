@@ -120,20 +120,31 @@ def tiny_model(seed: int = 0, **overrides):
     return GaugeTransformerLM(tiny_config(**overrides), rngs=nnx.Rngs(seed))
 
 
-# Tolerances of the parity tests (tests/model/test_parity.py), shared with the converter's --validate.
+# Tolerances of the parity tests (tests/model/test_parity.py), shared with the converter's
+# --validate.  KL tensors are float32 differences of O(10) log-det/trace terms, hence an absolute
+# floor; log-σ parameters reach the loss only through those KLs (self-consistency detaches Σ).
 FORWARD_RTOL = 1e-5  # forward tensors: max|ours - ref| / max|ref|
 LOSS_TOL = 1e-5  # loss terms: |ours - ref| / max(1, |ref|)
 GRAD_RTOL = 1e-4  # gradients: ||ours - ref|| / ||ref||
-KL_ATOL = 1e-5  # KL tensors: absolute floor (KLs are float32 differences of O(10) log-det/trace terms)
-SIGMA_GRAD_RTOL = 1e-3  # log-σ gradients: reached only through those KLs (self-consistency detaches Σ)
+KL_ATOL = 1e-5  # KL tensors: absolute floor
+SIGMA_GRAD_RTOL = 1e-3  # gradients of log-σ parameters
 _LOSS_KEYS = ("train_loss_total", "ce_nograd")
 
 
-def golden_error(key: str, ours, ref) -> tuple[float, float, float]:
-    """``(max_abs, rel, tol)`` for one golden tensor under the parity tests' rules; passes if rel <= tol.
+# Forward keys compared at 2e-5: a float64 evaluation of the same model arbitrates (error vs float64,
+# relative to max: reference / ours).  attn_kl_grad_L1 = fwa_kl_last (A_v256, ℓ2 head after the φ step,
+# T4 far from orthogonal): 9.7e-6 / 4.4e-6, the reference's own float32 error dominates the 1.1e-5
+# difference.  fwa_ffn_phi_out_last (D_v256, ℓ4/ℓ5 φ-step gradient): 1.7e-6 / 9.8e-6, our factorized
+# KL's float32 rounding summed over 32² pairs (1.03e-5 total).
+FORWARD_EXCEPTIONS = {"attn_kl_grad_L1": 2e-5, "fwa_kl_last": 2e-5, "fwa_ffn_phi_out_last": 2e-5}
 
-    * ``grad_<param>``: ``rel = ||ours - ref|| / ||ref||``, tol :data:`GRAD_RTOL` (:data:`SIGMA_GRAD_RTOL`
-      for ``*log_sigma*`` parameters: the trained fixture's exception, applied by parameter kind);
+
+def golden_error(key: str, ours, ref) -> tuple[float, float, float]:
+    """``(max_abs, rel, tol)`` of one golden tensor under the parity tests' rules; ok if rel <= tol.
+
+    * ``grad_<param>``: ``rel = ||ours - ref|| / ||ref||``, tol :data:`GRAD_RTOL`
+      (:data:`SIGMA_GRAD_RTOL` for ``*log_sigma*`` parameters: the trained fixture's exception,
+      applied by parameter kind);
       ``gradnorm_<param>``: ``ours`` is the gradient itself, compared by its norm.
     * loss terms (``train_loss_total``, ``train_metric_*``, ``ce_nograd``): ``|d| / max(1, |ref|)``.
     * forward tensors: ``max|d| / max|ref|``, tol :data:`FORWARD_RTOL`; KL tensors divide by
@@ -155,4 +166,4 @@ def golden_error(key: str, ours, ref) -> tuple[float, float, float]:
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     if "kl" in key.split("_"):
         scale = max(scale, KL_ATOL / FORWARD_RTOL)
-    return max_abs, max_abs / max(scale, 1e-30), FORWARD_RTOL
+    return max_abs, max_abs / max(scale, 1e-30), FORWARD_EXCEPTIONS.get(key, FORWARD_RTOL)

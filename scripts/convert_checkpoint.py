@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a PyTorch reference checkpoint into a gaugeformer orbax checkpoint, optionally validating it.
+"""Convert a PyTorch reference checkpoint into a gaugeformer orbax checkpoint (and validate it).
 
     python scripts/convert_checkpoint.py tests/fixtures/T_A_v256/best_model.pt --out /tmp/T_A \\
         --validate tests/fixtures/T_A_v256/golden.npz
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gaugeformer.convert.convert import run  # noqa: E402
+from gaugeformer.convert.convert import run  # noqa: E402 (after the sys.path line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help=".pt/.pth/.ckpt (torch.save) or .safetensors file")
     p.add_argument("--out", required=True, help="output directory (orbax checkpoint)")
     p.add_argument("--config", help="model config (gaugeformer or reference JSON/YAML); default: "
-                   "model_config.json / experiment_config.json beside the checkpoint, else inferred")
+                   "model_config.json / experiment_config.json beside the checkpoint, else "
+                   "inferred from the weights")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
     p.add_argument("--no-optimizer", action="store_true", help="do not convert the AdamW state")
     p.add_argument("--validate", metavar="GOLDEN_NPZ",

@@ -2,48 +2,56 @@
 
 ``scripts/convert_checkpoint.py CKPT --out DIR`` is :func:`run`.  The steps, each a function here:
 
-1. :func:`read_checkpoint`: a ``torch.save`` zip (the reference's ``FastTrainer`` dict, another trainer's
-   dict, or a bare state dict) through the torch-free, allow-listed reader of
+1. :func:`read_checkpoint`: a ``torch.save`` zip (the reference's ``FastTrainer`` dict, another
+   trainer's dict, or a bare state dict) through the torch-free, allow-listed reader of
    :mod:`gaugeformer.convert.torch_pt`, or a ``.safetensors`` file (tensors + string metadata).
 2. :func:`recover_config`, first match wins:
 
-   a. ``--config FILE`` (JSON/YAML): a gaugeformer ``ModelConfig`` dict, a reference model-config dict,
-      or an ``experiment_config.json``;
-   b. a model config inside the checkpoint: the older format the reference's ``evaluate_checkpoint.py``
-      reads (``ckpt["config"]`` holding ``embed_dim``, ``irrep_spec``...; its defaults fill the gaps), or a
-      JSON config in safetensors metadata (``model_config``/``config``) or a sidecar ``<stem>.json``;
+   a. ``--config FILE`` (JSON/YAML): a gaugeformer ``ModelConfig`` dict, a reference model-config
+      dict, or an ``experiment_config.json``;
+   b. a model config inside the checkpoint: the older format the reference's
+      ``evaluate_checkpoint.py`` reads (``ckpt["config"]`` holding ``embed_dim``, ``irrep_spec``...;
+      its defaults fill the gaps), or a JSON config in safetensors metadata
+      (``model_config``/``config``) or a sidecar ``<stem>.json``;
    c. ``model_config.json`` beside the checkpoint (the exact dict given to the reference model);
    d. ``experiment_config.json`` beside it: its ``config`` is written *before* the reference sets
-      ``vocab_size`` (a placeholder) and ``kappa_beta`` (auto-scaled), so V comes from the weights and κ
-      from :func:`~gaugeformer.config.resolve_reference_kappa`, and the summary says so;
+      ``vocab_size`` (a placeholder) and ``kappa_beta`` (auto-scaled), so V comes from the weights
+      and κ from :func:`~gaugeformer.config.resolve_reference_kappa`, and the summary says so;
    e. :func:`infer_config` from the state dict alone (printing what was inferred and what assumed).
 
    Every config is then checked against the weights: keys and shapes
-   (:func:`~gaugeformer.convert.reference.check_state_dict`, one error listing every problem),
-   generator buffers, the tied ``out_proj`` and every fixed buffer (sinusoidal/zero ``pos_phi``,
-   constant ``log_sigma_diag``, fixed FFN step size) must match what the config rebuilds.
-3. the torch AdamW state, when present, becomes the optax state (:mod:`gaugeformer.convert.optimizer`).
+   (:func:`~gaugeformer.convert.reference.check_state_dict`, one error listing every problem;
+   generator buffers and a tied ``out_proj`` may be absent, as in a de-duplicated safetensors
+   export), and the generator buffers present, the tied ``out_proj`` and every fixed buffer
+   (sinusoidal/zero ``pos_phi``, constant ``log_sigma_diag``, fixed FFN step size) must match what
+   the config rebuilds.
+3. the torch AdamW state, when present, becomes the optax state
+   (:mod:`gaugeformer.convert.optimizer`).
 4. :func:`save_converted` writes an orbax checkpoint; :func:`load_converted` reads it back.
-5. ``--validate golden.npz`` (:func:`validate_golden`) and ``--validate-live REPO`` (:func:`validate_live`).
+5. ``--validate golden.npz`` (:func:`validate_golden`) and ``--validate-live REPO``
+   (:func:`validate_live`).
 
-Orbax layout (for the trainer; ``DIR`` is absolute, written to a temp dir beside it and renamed)::
+Orbax layout (the same items as :mod:`gaugeformer.train.checkpoint`, so the trainer's ``load_model``
+and ``train.init_from`` open a converted checkpoint; ``DIR`` is made absolute, written to a temp dir
+beside it and renamed into place)::
 
-    DIR/<step>/                 one ocp.CheckpointManager step, <step> = meta["step"]
-        params/                 StandardSave: nnx.to_pure_dict(nnx.state(model, nnx.Param)) (nested
-                                dict, int keys for blocks; buffers are not saved: the config rebuilds them)
-        config/metadata         JsonSave: ModelConfig.to_dict()  (plain JSON, readable without orbax)
-        meta/metadata           JsonSave: {"format": "gaugeformer.converted/1", "step": completed optimizer
-                                updates, "reference_step": the checkpoint's 0-based "step", "source",
-                                "converted_from", "sha256", "config_source", "config_notes",
-                                "best_val_loss", "training_config", "optim": OptimConfig fields | None,
-                                "has_opt_state": bool, ...}
-        opt_state/              StandardSave, only when has_opt_state: the optax state of
-                                make_optimizer(OptimConfig(**meta["optim"])) initialised on
-                                nnx.as_pure(nnx.state(model, nnx.Param)) (ScaleByAdamState mu/nu/count
-                                and the schedule count per group)
+    DIR/<step>/          one ocp.CheckpointManager step; <step> = meta["step"]
+      params/            StandardSave: nnx.to_pure_dict(nnx.state(model)): the nnx.Param leaves
+                         and the constant buffers (generators are not state); int keys for blocks
+      config/metadata    JsonSave: ModelConfig.to_dict()  (plain JSON, readable without orbax)
+      meta/metadata      JsonSave: {"format": "gaugeformer.converted/1",
+                         "step": completed optimizer updates, "step_source",
+                         "reference_step": the checkpoint's 0-based "step", "source",
+                         "converted_from", "checkpoint_kind", "sha256", "config_source",
+                         "config_notes", "best_val_loss", "training_config",
+                         "optim": OptimConfig fields | None, "has_opt_state", "optimizer_notes"}
+      opt_state/         only when has_opt_state. StandardSave: nnx.to_pure_dict(nnx.state(opt))
+                         of opt = nnx.Optimizer(model, resumable_tx(OptimConfig(**meta["optim"])),
+                         wrt=nnx.Param) holding the converted AdamW moments:
+                         {"opt_state": the optax state as a pure dict, "step": meta["step"]}
 
-Restore it with :func:`load_converted` (``(model, cfg, opt_state | None, meta)``) and resume with
-:func:`optim_config_of` + :func:`install_opt_state`.
+:func:`load_converted` returns ``(model, cfg, opt_state | None, meta)`` with ``opt_state`` as a
+plain optax state; :func:`install_opt_state` puts it into an ``nnx.Optimizer``.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -64,6 +73,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from gaugeformer.config import ModelConfig, from_reference_dict, resolve_reference_kappa
@@ -84,7 +94,7 @@ FORMAT = "gaugeformer.converted/1"
 SOURCE = "pytorch:cdenn016/VFE-Sim-GPU-Refactor"
 Log = Callable[[str], None]
 
-# What the reference's evaluate_checkpoint.py assumes for keys missing from an embedded model config.
+# What the reference's evaluate_checkpoint.py assumes for keys an embedded model config lacks.
 EVALUATOR_DEFAULTS: dict[str, Any] = dict(
     max_seq_len=40, n_layers=2, kappa_beta=1.0, pos_encoding_mode="learned", evolve_sigma=False,
     evolve_phi=False, tie_embeddings=True, irrep_spec=[("ℓ0", 5, 1), ("ℓ1", 2, 3)])
@@ -173,7 +183,8 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointParts:
     embedded = None
     if _has_model_keys(training):
         embedded, training = ("the checkpoint's 'config' (older format)", dict(training)), None
-    return CheckpointParts(path, "torch.save", parts["model_state_dict"], parts["optimizer_state_dict"],
+    return CheckpointParts(path, "torch.save", parts["model_state_dict"],
+                           parts["optimizer_state_dict"],
                            dict(training) if training is not None else None, embedded,
                            parts["step"], parts["best_val_loss"])
 
@@ -189,7 +200,7 @@ class RecoveredConfig:
 
     Attributes:
       cfg: the config.
-      source: human-readable origin (``"model_config.json beside the checkpoint"``, ``"inferred"``...).
+      source: human-readable origin (``"model_config.json beside the checkpoint"``, ...).
       notes: resolved / inferred / assumed values, one line each.
       reference: the reference-style dict (for ``--validate-live``), when there is one.
     """
@@ -212,14 +223,16 @@ def _read_config_file(path: Path) -> dict:
         except json.JSONDecodeError as exc:
             raise ConversionError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ConversionError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+        raise ConversionError(f"{path}: a config file must hold a mapping, got "
+                              f"{type(data).__name__}")
     return data
 
 
 def _vocab_from_weights(sd: Mapping[str, np.ndarray]) -> int:
     if "token_embed.phi_embed.weight" not in sd:
-        raise ConversionError("the state dict has no token_embed.phi_embed.weight, so the vocabulary "
-                              "size cannot be read from the weights; fix: pass --config with vocab_size")
+        raise ConversionError("the state dict has no token_embed.phi_embed.weight, so the "
+                              "vocabulary size cannot be read from the weights; fix: pass --config "
+                              "with vocab_size")
     return int(sd["token_embed.phi_embed.weight"].shape[0])
 
 
@@ -237,8 +250,9 @@ def _kappa_note(d: Mapping[str, Any], source: str, unresolved: bool = False) -> 
 def _from_experiment(d: dict, sd: Mapping, source: str) -> RecoveredConfig:
     d = dict(d)
     vocab = _vocab_from_weights(sd)
-    notes = [f"vocab_size={vocab} from token_embed.phi_embed.weight ({source} is written before the "
-             f"tokenizer sets it; it says {d.get('vocab_size')})", _kappa_note(d, source, unresolved=True)]
+    notes = [f"vocab_size={vocab} from token_embed.phi_embed.weight ({source} is written before "
+             f"the tokenizer sets it; it says {d.get('vocab_size')})",
+             _kappa_note(d, source, unresolved=True)]
     d["vocab_size"], d["kappa_beta"] = vocab, resolve_reference_kappa(d)
     return RecoveredConfig(from_reference_dict(d), source, tuple(notes), d)
 
@@ -251,7 +265,8 @@ def _from_embedded(d: dict, sd: Mapping, source: str) -> RecoveredConfig:
     table = sd.get("token_embed.mu_embed.weight")
     if table is not None:
         merged["vocab_size"], merged["embed_dim"] = map(int, table.shape)
-        notes.append("vocab_size, embed_dim from token_embed.mu_embed.weight (as the evaluator does)")
+        notes.append("vocab_size, embed_dim from token_embed.mu_embed.weight (as the evaluator "
+                     "does)")
     elif "vocab_size" not in d:
         merged["vocab_size"] = _vocab_from_weights(sd)
         notes.append("vocab_size from token_embed.phi_embed.weight")
@@ -277,8 +292,8 @@ def config_from_dict(d: dict, sd: Mapping, source: str) -> RecoveredConfig:
         if d.get("kappa_beta") is None or d.get("kappa_beta_auto_scale"):
             notes.append(_kappa_note(d, source))
         return RecoveredConfig(from_reference_dict(d), source, tuple(notes), d)
-    raise ConversionError(f"{source}: not a model config (expected gaugeformer keys such as 'irreps', "
-                          "or reference keys such as 'embed_dim' and 'irrep_spec')")
+    raise ConversionError(f"{source}: not a model config (expected gaugeformer keys such as "
+                          "'irreps', or reference keys such as 'embed_dim' and 'irrep_spec')")
 
 
 def _irrep_spec_from_heads(sd: Mapping) -> list[tuple[str, int, int]]:
@@ -287,10 +302,11 @@ def _irrep_spec_from_heads(sd: Mapping) -> list[tuple[str, int, int]]:
                    if k.startswith(prefix) and k.endswith(".gen"))
     dims = [d for _, d in heads]
     if not dims or [h for h, _ in heads] != list(range(len(dims))):
-        raise ConversionError(f"cannot read the heads: {prefix}{{h}}.gen buffers are missing or not "
-                              "numbered 0..H-1; fix: pass --config")
+        raise ConversionError(f"cannot read the heads: {prefix}{{h}}.gen buffers are missing or "
+                              "not numbered 0..H-1; fix: pass --config")
     if any(d % 2 == 0 for d in dims):
-        raise ConversionError(f"head dimensions {dims} include even ones, which are not SO(3) irreps")
+        raise ConversionError(f"head dimensions {dims} include even ones, which are not SO(3) "
+                              "irreps")
     spec: list[list] = []
     for d in dims:
         if spec and spec[-1][2] == d:
@@ -300,14 +316,22 @@ def _irrep_spec_from_heads(sd: Mapping) -> list[tuple[str, int, int]]:
     return [tuple(e) for e in spec]
 
 
+def _embed_dim_from_weights(sd: Mapping[str, np.ndarray]) -> int:
+    for key in ("generators", "token_embed.base_mu", "token_embed.mu_embed.weight",
+                "token_embed.pos_embed.weight", "out_proj.weight"):
+        if key in sd:
+            return int(sd[key].shape[-1])
+    return sum(d for _, n, d in _irrep_spec_from_heads(sd) for _ in range(n))
+
+
 def _infer_pos_mode(pos_phi: np.ndarray) -> tuple[str, float, str]:
     """``(mode, scale, evidence)``; a param and a buffer look the same in a state dict."""
     if not np.any(pos_phi):
         return "none", 0.1, "pos_encoding.pos_phi is all zeros (the 'none' buffer)"
-    scale = float(pos_phi[0, 1]) if pos_phi.shape[1] > 1 else 0.0
+    scale = float(f"{pos_phi[0, 1]:.7g}") if pos_phi.shape[1] > 1 else 0.0  # float32 -> 0.1
     table = sinusoidal_table(pos_phi.shape[0], pos_phi.shape[1], scale)
     if scale != 0.0 and np.allclose(pos_phi, table, rtol=0, atol=1e-6 * max(1.0, abs(scale))):
-        return "sinusoidal", scale, f"pos_encoding.pos_phi equals the sinusoidal table, scale {scale:g}"
+        return "sinusoidal", scale, f"pos_encoding.pos_phi is the sinusoidal table, scale {scale:g}"
     return "learned", 0.1, "pos_encoding.pos_phi is neither zeros nor a sinusoidal table"
 
 
@@ -315,23 +339,23 @@ def infer_config(sd: Mapping[str, np.ndarray], training_config: Mapping | None =
                  ) -> RecoveredConfig:
     """Infer a reference-profile :class:`ModelConfig` from a reference state dict alone.
 
-    Read from the weights: vocab, embed dim, layers, max length, head irreps, gauge-fixed vs per-token
-    embedding, tying, positional mode (and sinusoidal scale), positional embedding, layer norms,
-    evolve_sigma (per-token log σ table), the historic MLP FFN.  Assumed: κ (train_publication's
-    auto-scale 1.0·K/11), evolve_phi, evolve_sigma with gauge-fixed priors, ffn_learnable_lr, and the
-    model defaults of settings without weights; alpha and phi_lr come from the checkpoint's training
-    config when it has them.
+    Read from the weights: vocab, embed dim, layers, max length, head irreps, gauge-fixed vs
+    per-token embedding, tying, positional mode (and sinusoidal scale), positional embedding, layer
+    norms, evolve_sigma (per-token log σ table), the historic MLP FFN.  Assumed: κ
+    (train_publication's auto-scale 1.0·K/11), evolve_phi, evolve_sigma with gauge-fixed priors,
+    ffn_learnable_lr, and the model defaults of settings without weights; alpha and phi_lr come from
+    the checkpoint's training config when it has them.
     """
-    need = ["token_embed.phi_embed.weight", "pos_encoding.pos_phi", "generators"]
+    need = ["token_embed.phi_embed.weight", "pos_encoding.pos_phi"]
     if [k for k in need if k not in sd]:
         raise ConversionError(f"cannot infer a model config: the state dict lacks "
-                              f"{[k for k in need if k not in sd]} (not a reference GaugeTransformerLM "
-                              "checkpoint?); fix: pass --config")
+                              f"{[k for k in need if k not in sd]} (not a reference "
+                              "GaugeTransformerLM checkpoint?); fix: pass --config")
     phi, pos_phi = sd["token_embed.phi_embed.weight"], sd["pos_encoding.pos_phi"]
     if phi.shape[1] != 3:
-        raise ConversionError(f"token_embed.phi_embed.weight has {phi.shape[1]} frame coordinates; only "
-                              "SO(3) (3) is supported")
-    k = int(sd["generators"].shape[-1])
+        raise ConversionError(f"token_embed.phi_embed.weight has {phi.shape[1]} frame coordinates; "
+                              "only SO(3) (3) is supported")
+    k = _embed_dim_from_weights(sd)
     blocks = sorted({int(key.split(".")[2]) for key in sd if key.startswith("transformer.blocks.")})
     if not blocks or blocks != list(range(len(blocks))):
         raise ConversionError(f"transformer.blocks indices {blocks} are not 0..L-1")
@@ -339,15 +363,18 @@ def infer_config(sd: Mapping[str, np.ndarray], training_config: Mapping | None =
     mode, scale, pos_why = _infer_pos_mode(pos_phi)
     d: dict[str, Any] = dict(
         vocab_size=int(phi.shape[0]), embed_dim=k, n_layers=len(blocks),
-        max_seq_len=int(pos_phi.shape[0]), irrep_spec=_irrep_spec_from_heads(sd), use_multi_irrep=True,
+        max_seq_len=int(pos_phi.shape[0]), irrep_spec=_irrep_spec_from_heads(sd),
+        use_multi_irrep=True,
         gauge_fixed_priors=fixed, pos_encoding_mode=mode, pos_encoding_scale=scale,
         use_positional_embedding="token_embed.pos_embed.weight" in sd,
         use_layernorm="transformer.blocks.0.norm1.weight" in sd)
     inferred = [f"vocab_size={d['vocab_size']} (token_embed.phi_embed.weight rows)",
-                f"embed_dim={k} (generators)", f"n_layers={d['n_layers']} (transformer.blocks.*)",
+                f"embed_dim={k} (generators / embedding widths)",
+                f"n_layers={d['n_layers']} (transformer.blocks.*)",
                 f"max_seq_len={d['max_seq_len']} (pos_encoding.pos_phi rows)",
                 f"irrep_spec={d['irrep_spec']} (head_generators shapes)",
-                f"gauge_fixed_priors={fixed} (token_embed.base_mu {'present' if fixed else 'absent'})",
+                f"gauge_fixed_priors={fixed} "
+                f"(token_embed.base_mu {'present' if fixed else 'absent'})",
                 f"pos_encoding_mode={mode!r} ({pos_why})",
                 f"use_positional_embedding={d['use_positional_embedding']} (token_embed.pos_embed)",
                 f"use_layernorm={d['use_layernorm']} (norm1/norm2/final_norm)"]
@@ -355,8 +382,8 @@ def infer_config(sd: Mapping[str, np.ndarray], training_config: Mapping | None =
     if fixed:
         d["tie_embeddings"] = False
         d["evolve_sigma"] = True
-        assumed.append("evolve_sigma=True (gauge-fixed priors store base_log_sigma_diag either way; "
-                       "train_publication's default)")
+        assumed.append("evolve_sigma=True (gauge-fixed priors store base_log_sigma_diag either "
+                       "way; train_publication's default)")
     else:
         table, out = sd.get("token_embed.mu_embed.weight"), sd.get("out_proj.weight")
         d["tie_embeddings"] = out is None or out is table or bool(np.array_equal(out, table))
@@ -374,6 +401,8 @@ def infer_config(sd: Mapping[str, np.ndarray], training_config: Mapping | None =
     d["evolve_phi"] = True
     assumed.append("evolve_phi=True (train_publication's default; no weights depend on it)")
     assumed.append("ffn_learnable_lr=True (the step size has the same key as a param or a buffer)")
+    d["hidden_dim"] = 508
+    assumed.append("hidden_dim=508 (train_publication's value; unused by the VFE FFN)")
     tc = dict(training_config or {})
     for key, default in (("alpha", 1.0), ("phi_lr", 0.05)):
         if tc.get(key) is not None:
@@ -434,8 +463,8 @@ def check_values(sd: Mapping[str, np.ndarray], cfg: ModelConfig, source: str) ->
     problems = []
     out, table = sd.get("out_proj.weight"), sd.get("token_embed.mu_embed.weight")
     if cfg.tie_embeddings and out is not None and not np.array_equal(out, table):
-        problems.append("out_proj.weight differs from token_embed.mu_embed.weight but the config ties "
-                        "them (tie_embeddings=True)")
+        problems.append("out_proj.weight differs from token_embed.mu_embed.weight but the config "
+                        "ties them (tie_embeddings=True)")
     fresh = GaugeTransformerLM(cfg, rngs=nnx.Rngs(0))
     for path, value in _flat(nnx.to_pure_dict(nnx.state(fresh, Buffer))):
         key = torch_key_of(path)
@@ -490,7 +519,8 @@ def _sha256(path: Path) -> str:
 
 def _summarise_parts(parts: CheckpointParts, log: Log) -> None:
     n_opt = len((parts.optimizer or {}).get("state") or {})
-    groups = [(g.get("name"), len(g["params"])) for g in (parts.optimizer or {}).get("param_groups", [])]
+    groups = [(g.get("name"), len(g["params"]))
+              for g in (parts.optimizer or {}).get("param_groups", [])]
     log(f"read {parts.path} ({parts.kind}, {parts.path.stat().st_size / 1024:.0f} KiB): "
         f"{len(parts.state_dict)} state-dict entries, step {parts.step}, "
         + (f"AdamW state for {n_opt} tensors in groups {groups}" if parts.optimizer is not None
@@ -564,15 +594,28 @@ def _step_of(parts: CheckpointParts, opt: ConvertedOptimizer | None) -> tuple[in
 
 
 def _write_orbax(directory: Path, step: int, items: dict[str, Any]) -> None:
+    """One synchronous ``CheckpointManager`` save of ``items`` (``config``/``meta`` as JSON)."""
     import orbax.checkpoint as ocp
 
+    for name in ("config", "meta"):
+        try:
+            json.dumps(items[name], allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConversionError(f"the {name} item is not plain JSON ({exc})") from None
     args = {name: (ocp.args.JsonSave(value) if name in ("config", "meta")
                    else ocp.args.StandardSave(value)) for name, value in items.items()}
+    before = set(threading.enumerate())
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
         create=True, enable_async_checkpointing=False))
     try:
         mngr.save(step, args=ocp.args.Composite(**args))
         mngr.wait_until_finished()
+    except BaseException:
+        # one failed item does not stop the writer threads of the others: let them finish, so
+        # that the caller's cleanup removes everything
+        for thread in set(threading.enumerate()) - before:
+            thread.join(timeout=60)
+        raise
     finally:
         mngr.close()
 
@@ -595,6 +638,43 @@ def _commit(tmp: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def resumable_tx(optim: OptimConfig) -> optax.GradientTransformation:
+    """``make_optimizer(optim)`` whose ``init`` strips the ``Param`` nodes first.
+
+    ``nnx.Optimizer`` calls ``tx.init`` on a state of ``Param`` nodes, whose paths end in
+    ``.value``, so :func:`~gaugeformer.train.optim.group_of` would put every parameter in ``ffn``;
+    initialising on ``nnx.as_pure`` keeps the real groups (the trainer's ``build_optimizer`` does
+    the same).
+    """
+    tx = make_optimizer(optim)
+    return optax.GradientTransformation(lambda params: tx.init(nnx.as_pure(params)), tx.update)
+
+
+def install_opt_state(optimizer: nnx.Optimizer, opt_state: Any, step: int) -> None:
+    """Put a pure optax state (and the update count) into an ``nnx.Optimizer`` to resume training.
+
+    Args:
+      optimizer: ``nnx.Optimizer(model, resumable_tx(optim), wrt=nnx.Param)`` (or the trainer's
+        equivalent).
+      opt_state: the pure optax state (:func:`load_converted`'s third item).
+      step: completed updates (``meta["step"]``).
+    """
+    have = jax.tree.structure(nnx.as_pure(optimizer.opt_state))
+    if have != jax.tree.structure(opt_state):
+        raise ConversionError("the optimizer's state does not have the converted state's structure "
+                              "(another OptimConfig group layout, other parameters, or a tx whose "
+                              "init sees Param nodes; build it with resumable_tx)")
+    nnx.update(optimizer.opt_state, nnx.state(opt_state))
+    optimizer.step[...] = step
+
+
+def _optimizer_item(model: nnx.Module, opt_state: Any, optim: OptimConfig, step: int) -> dict:
+    """``nnx.to_pure_dict(nnx.state(optimizer))`` of an optimizer holding ``opt_state``."""
+    optimizer = nnx.Optimizer(model, resumable_tx(optim), wrt=nnx.Param)
+    install_opt_state(optimizer, opt_state, step)
+    return nnx.to_pure_dict(nnx.state(optimizer))
+
+
 def save_converted(out_dir: str | os.PathLike, model: nnx.Module, cfg: ModelConfig, meta: dict,
                    opt_state: Any = None, *, force: bool = False) -> Path:
     """Write the orbax checkpoint described in the module docstring, atomically.
@@ -604,10 +684,11 @@ def save_converted(out_dir: str | os.PathLike, model: nnx.Module, cfg: ModelConf
 
     Args:
       out_dir: destination directory (made absolute).
-      model: the model; its ``nnx.Param`` state is saved.
+      model: the model; its whole ``nnx.state`` (params and buffers) is saved.
       cfg: its config.
-      meta: JSON-able metadata; ``meta["step"]`` names the orbax step.
-      opt_state: optional optax state (see the module docstring).
+      meta: JSON-able metadata; ``meta["step"]`` names the orbax step, ``meta["optim"]`` (the
+        :class:`OptimConfig` fields) is required with ``opt_state``.
+      opt_state: optional pure optax state of ``make_optimizer(OptimConfig(**meta["optim"]))``.
       force: replace an existing ``out_dir``.
 
     Returns:
@@ -619,15 +700,15 @@ def save_converted(out_dir: str | os.PathLike, model: nnx.Module, cfg: ModelConf
     out = Path(out_dir).absolute()
     if out.exists() and not force:
         raise OutputExistsError(f"{out} exists; fix: pass --force to replace it")
+    step = int(meta.get("step", 0))
+    meta = {**meta, "has_opt_state": opt_state is not None}
+    items = {"params": nnx.to_pure_dict(nnx.state(model)), "config": cfg.to_dict(), "meta": meta}
+    if opt_state is not None:
+        items["opt_state"] = _optimizer_item(model, opt_state, optim_config_of(meta), step)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    meta = {**meta, "has_opt_state": opt_state is not None}
-    items = {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)), "config": cfg.to_dict(),
-             "meta": meta}
-    if opt_state is not None:
-        items["opt_state"] = opt_state
     try:
-        _write_orbax(tmp, int(meta.get("step", 0)), items)
+        _write_orbax(tmp, step, items)
         _commit(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -636,7 +717,7 @@ def save_converted(out_dir: str | os.PathLike, model: nnx.Module, cfg: ModelConf
 
 
 def optim_config_of(meta: Mapping[str, Any]) -> OptimConfig | None:
-    """The :class:`OptimConfig` a converted checkpoint's ``opt_state`` belongs to (None without one)."""
+    """The :class:`OptimConfig` of a converted checkpoint's ``opt_state`` (None without one)."""
     return OptimConfig(**meta["optim"]) if meta.get("optim") else None
 
 
@@ -645,8 +726,9 @@ def load_converted(directory: str | os.PathLike, step: int | None = None
     """Load a checkpoint written by :func:`save_converted`.
 
     Returns:
-      ``(model, cfg, opt_state | None, meta)``; ``opt_state`` is the pure optax state (see the module
-      docstring), for ``make_optimizer(optim_config_of(meta))``.
+      ``(model, cfg, opt_state | None, meta)``; ``opt_state`` is the pure optax state for
+      ``make_optimizer(optim_config_of(meta))`` (``tx.update(grads, opt_state, params)`` on
+      ``params = nnx.as_pure(nnx.state(model, nnx.Param))``, or :func:`install_opt_state`).
     """
     import orbax.checkpoint as ocp
 
@@ -662,34 +744,31 @@ def load_converted(directory: str | os.PathLike, step: int | None = None
             raise ConversionError(f"{path}: no orbax checkpoint step found")
         head = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
                                                           meta=ocp.args.JsonRestore()))
-        cfg = ModelConfig.from_dict(head.config)
+        cfg, meta = ModelConfig.from_dict(head.config), dict(head.meta)
         model = GaugeTransformerLM(cfg, rngs=nnx.Rngs(0))
-        state = nnx.state(model, nnx.Param)
-        args = {"params": ocp.args.StandardRestore(
-            jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state)))}
-        optim = optim_config_of(head.meta) if head.meta.get("has_opt_state") else None
-        if optim is not None:
-            abstract = jax.eval_shape(make_optimizer(optim).init, nnx.as_pure(state))
-            args["opt_state"] = ocp.args.StandardRestore(abstract)
+        state = nnx.state(model)
+        args = {"params": ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(state)))}
+        optimizer = None
+        if meta.get("has_opt_state"):
+            optimizer = nnx.Optimizer(model, resumable_tx(optim_config_of(meta)), wrt=nnx.Param)
+            opt_tree = nnx.state(optimizer)
+            args["opt_state"] = ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(opt_tree)))
         restored = mngr.restore(step, args=ocp.args.Composite(**args))
     finally:
         mngr.close()
     nnx.replace_by_pure_dict(state, restored.params)
     nnx.update(model, state)
-    return model, cfg, restored.opt_state if optim is not None else None, dict(head.meta)
+    if optimizer is None:
+        return model, cfg, None, meta
+    nnx.replace_by_pure_dict(opt_tree, restored.opt_state)
+    nnx.update(optimizer, opt_tree)
+    return model, cfg, nnx.as_pure(optimizer.opt_state), meta
 
 
-def install_opt_state(optimizer: nnx.Optimizer, opt_state: Any, step: int) -> None:
-    """Put a converted optax state (and the step count) into an ``nnx.Optimizer`` to resume training.
+def _abstract(tree):
+    import orbax.checkpoint as ocp
 
-    ``optimizer`` must be ``nnx.Optimizer(model, make_optimizer(optim_config_of(meta)), wrt=nnx.Param)``.
-    """
-    have = jax.tree.structure(nnx.as_pure(optimizer.opt_state))
-    if have != jax.tree.structure(opt_state):
-        raise ConversionError("the optimizer's state does not have the converted state's structure "
-                              "(different OptimConfig, parameters or group labels)")
-    nnx.update(optimizer.opt_state, nnx.state(opt_state))
-    optimizer.step[...] = step
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
 # =============================================================================================
@@ -736,7 +815,8 @@ class ValidationReport:
 
 
 def _plan(golden: Mapping[str, np.ndarray], cfg: ModelConfig):
-    """Classify golden keys: ``{key: ("fwd", regime, hook) | ("loss", metric) | ("grad", path)}``."""
+    """Classify golden keys: ``{key: ("fwd", regime, hook) | ("ce",) | ("loss", metric) |
+    ("grad", path)}`` plus the keys that are not compared."""
     from gaugeformer.convert.reference import map_torch_key
     from gaugeformer.testing import golden_to_hook
 
@@ -769,7 +849,7 @@ def _plan(golden: Mapping[str, np.ndarray], cfg: ModelConfig):
 
 
 def _golden_outputs(model, tokens, targets, with_forward: bool, with_loss: bool):
-    """The three regimes (eval/no-grad, grad-enabled, training forward) and the loss with gradients."""
+    """Outputs of the three regimes (eval/no-grad, grad-enabled, training) and loss + grads."""
     from gaugeformer.loss import free_energy_loss
     from gaugeformer.model.lm import run_with_cache
 
@@ -787,8 +867,10 @@ def _golden_outputs(model, tokens, targets, with_forward: bool, with_loss: bool)
     if with_loss:
         @nnx.jit
         def loss_and_grad(m, t, y):
-            return nnx.value_and_grad(lambda m: free_energy_loss(m, t, y, alpha=1.0, lambda_beta=1.0),
-                                      has_aux=True)(m)
+            def loss(m):
+                return free_energy_loss(m, t, y, alpha=1.0, lambda_beta=1.0)
+
+            return nnx.value_and_grad(loss, has_aux=True)(m)
 
         (loss, metrics), grads = loss_and_grad(model, tokens, targets)
         grads = nnx.to_pure_dict(grads)
@@ -799,9 +881,9 @@ def validate_golden(model: nnx.Module, cfg: ModelConfig, golden: Mapping[str, np
                     log: Log = _print, name: str = "golden") -> ValidationReport:
     """Compare ``model`` with a reference ``golden.npz`` (the fixtures' format, see their KEYS.md).
 
-    Forward tensors in the three regimes (eval/no-grad, grad-enabled, training forward), the loss terms
-    (``alpha=1, lambda_beta=1`` as the fixtures are generated) and the parameter gradients, each under
-    the parity tests' tolerance (:func:`gaugeformer.testing.golden_error`).
+    Forward tensors in the three regimes (eval/no-grad, grad-enabled, training forward), the loss
+    terms (``alpha=1, lambda_beta=1`` as the fixtures are generated) and the parameter gradients,
+    each under the parity tests' tolerance (:func:`gaugeformer.testing.golden_error`).
     """
     from gaugeformer.loss import cross_entropy
     from gaugeformer.testing import golden_error
@@ -847,13 +929,13 @@ def _print_report(report: ValidationReport, log: Log) -> None:
 
 def to_reference_dict(cfg: ModelConfig) -> dict:
     """A reference ``GaugeTransformerLM`` config dict for a reference-profile ``cfg``."""
-    keys = ("vocab_size", "embed_dim", "n_layers", "max_seq_len", "kappa_beta", "gauge_fixed_priors",
-            "evolve_sigma", "evolve_phi", "diagonal_covariance", "mu_init_std", "mu_normalize",
-            "mu_max_norm", "use_positional_embedding", "tie_embeddings", "pos_encoding_mode",
-            "pos_encoding_scale", "attention_pattern", "attention_window", "alibi_slope",
-            "mask_self_attention", "use_layernorm", "use_residual", "hidden_dim", "ffn_n_iterations",
-            "ffn_learnable_lr", "ffn_lambda_belief", "ffn_update_sigma", "alpha", "phi_lr",
-            "phi_max_norm")
+    keys = ("vocab_size", "embed_dim", "n_layers", "max_seq_len", "kappa_beta",
+            "gauge_fixed_priors", "evolve_sigma", "evolve_phi", "diagonal_covariance",
+            "mu_init_std", "mu_normalize", "mu_max_norm", "use_positional_embedding",
+            "tie_embeddings", "pos_encoding_mode", "pos_encoding_scale", "attention_pattern",
+            "attention_window", "alibi_slope", "mask_self_attention", "use_layernorm",
+            "use_residual", "hidden_dim", "ffn_n_iterations", "ffn_learnable_lr",
+            "ffn_lambda_belief", "ffn_update_sigma", "alpha", "phi_lr", "phi_max_norm")
     d = {k: getattr(cfg, k) for k in keys}
     d.update(irrep_spec=[tuple(e) for e in so3.parse_irreps(cfg.irreps)], use_multi_irrep=True,
              gauge_group="SO3", gauge_dim=3, ffn_mode="VFE_dynamic")
@@ -863,7 +945,7 @@ def to_reference_dict(cfg: ModelConfig) -> dict:
 def validate_live(model: nnx.Module, rec: RecoveredConfig, state_dict: Mapping[str, np.ndarray],
                   repo_dir: str | os.PathLike, tokens: np.ndarray, log: Log = _print
                   ) -> ValidationReport | None:
-    """Run the live PyTorch reference (``REPO/transformer/model.py``) on ``tokens`` and compare logits.
+    """Run the live PyTorch reference (``REPO/transformer/model.py``) and compare the logits.
 
     Returns None (after saying why) when torch or the reference checkout cannot be imported, or the
     config is not the reference profile.
@@ -880,7 +962,8 @@ def validate_live(model: nnx.Module, rec: RecoveredConfig, state_dict: Mapping[s
         log(f"--validate-live skipped: profile={rec.cfg.profile!r} is not the reference's")
         return None
     if not (repo / "transformer" / "model.py").is_file():
-        log(f"--validate-live skipped: {repo} has no transformer/model.py (not a reference checkout)")
+        log(f"--validate-live skipped: {repo} has no transformer/model.py (not a reference "
+            "checkout)")
         return None
     sys.path.insert(0, str(repo))
     try:
@@ -896,15 +979,16 @@ def validate_live(model: nnx.Module, rec: RecoveredConfig, state_dict: Mapping[s
     log(f"--validate-live: running the PyTorch reference from {repo}")
     torch.manual_seed(0)
     ref = ReferenceLM(dict(rec.reference or to_reference_dict(rec.cfg)))
-    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True)
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
+                        strict=True)
     ref.eval()
     with torch.no_grad():
         out = ref(torch.from_numpy(np.asarray(tokens, np.int64)))
     ref_logits = (out[0] if isinstance(out, (tuple, list)) else out).numpy()
     ours = np.asarray(nnx.jit(lambda m, t: m(t))(model, jnp.asarray(tokens)))
     max_abs, rel, tol = golden_error("logits", ours, ref_logits)
-    report = ValidationReport("live reference", [TensorCheck("logits", ours.shape, max_abs, rel, tol)],
-                              [])
+    report = ValidationReport("live reference",
+                              [TensorCheck("logits", ours.shape, max_abs, rel, tol)], [])
     _print_report(report, log)
     return report
 
@@ -923,7 +1007,8 @@ def _live_tokens(golden: Mapping | None, cfg: ModelConfig) -> np.ndarray:
 
 def run(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
         config: str | os.PathLike | None = None, force: bool = False,
-        validate: str | os.PathLike | None = None, validate_live_repo: str | os.PathLike | None = None,
+        validate: str | os.PathLike | None = None,
+        validate_live_repo: str | os.PathLike | None = None,
         json_out: str | os.PathLike | None = None, include_optimizer: bool = True,
         log: Log = _print) -> int:
     """Convert ``checkpoint`` into ``out``, optionally validate; the body of the CLI.

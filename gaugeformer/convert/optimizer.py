@@ -1,14 +1,14 @@
-"""The reference's torch AdamW state -> the optax state of :func:`gaugeformer.train.optim.make_optimizer`.
+"""The reference's torch AdamW state -> the optax state of ``train.optim.make_optimizer``.
 
-Torch side (``optimizer.state_dict()`` as :func:`~gaugeformer.convert.torch_pt.load_pt` returns it)::
+Torch side (``optimizer.state_dict()`` as :func:`~gaugeformer.convert.torch_pt.load_pt` reads it)::
 
     {"state": {id: {"step": 300.0, "exp_avg": array, "exp_avg_sq": array}, ...},
      "param_groups": [{"name": "phi_embed", "params": [0, 1], "initial_lr": 0.05, "lr": ...,
                        "weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8, ...}, ...]}
 
 Ids number the trainable parameters group after group; inside a group they follow
-``model.named_parameters()``, i.e. the state-dict order without buffers and without the tied duplicate
-``out_proj.weight``.  ``state`` is empty until the first ``optimizer.step()``.
+``model.named_parameters()``, i.e. the state-dict order without buffers and without the tied
+duplicate ``out_proj.weight``.  ``state`` is empty until the first ``optimizer.step()``.
 
 Optax side: ``chain(clip, multi_transform({label: adamw}))``; each label's ``MaskedState`` holds
 ``(ScaleByAdamState(count, mu, nu), EmptyState(), ScaleByScheduleState(count))`` over the whole
@@ -17,14 +17,15 @@ parameter tree, with ``MaskedNode`` for the other labels' leaves.  The mapping i
 * torch group ``mu_embed``/``phi_embed``/``ffn``/``output`` -> optax label ``mu``/``phi``/``ffn``/
   ``output`` (checked parameter by parameter against :func:`~gaugeformer.train.optim.group_of`);
 * ``exp_avg``/``exp_avg_sq`` -> ``mu``/``nu``; torch ``step`` (completed updates) -> both counts, so
-  the next update uses bias corrections ``1 - b^(step+1)`` and the schedule factor at ``step``, as torch's
-  ``AdamW`` + ``LambdaLR`` do;
-* :class:`~gaugeformer.train.optim.OptimConfig` lrs from the groups' ``initial_lr`` (``lr`` without a
-  scheduler), ``weight_decay`` from the ``ffn`` group, betas/eps from the groups, and ``grad_clip``,
-  ``warmup_steps``, ``max_steps`` from the checkpoint's training config when present.
+  the next update uses bias corrections ``1 - b^(step+1)`` and the schedule factor at ``step``, as
+  torch's ``AdamW`` + ``LambdaLR`` do;
+* :class:`~gaugeformer.train.optim.OptimConfig` lrs from the groups' ``initial_lr`` (``lr`` without
+  a scheduler), ``weight_decay`` from the ``ffn`` group, betas/eps from the groups, and
+  ``grad_clip``, ``warmup_steps``, ``max_steps`` from the checkpoint's training config when present.
 
-Whatever cannot be represented (AMSGrad, ``maximize``, per-group betas, an ``output`` lr different from
-``ffn``'s, decay outside ``ffn``, groups the model cannot reproduce) is an :class:`OptimizerConversionError`.
+Whatever cannot be represented (AMSGrad, ``maximize``, per-group betas, an ``output`` lr different
+from ``ffn``'s, decay outside ``ffn``, groups the model cannot reproduce) is an
+:class:`OptimizerConversionError`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ConvertedOptimizer:
 
 def trainable_parameters(state_dict: Mapping[str, Any], cfg: ModelConfig,
                          param_paths: set[tuple]) -> list[tuple[str, tuple]]:
-    """``(torch key, gaugeformer path)`` of every trainable parameter in ``named_parameters()`` order.
+    """``(torch key, gaugeformer path)`` of each trainable parameter, ``named_parameters()`` order.
 
     Args:
       state_dict: the reference state dict (its key order is the module order).
@@ -102,19 +103,20 @@ def _check_group_flags(groups: list[Mapping[str, Any]]) -> tuple[float, float, f
                     "optimizer does not implement; fix: convert with --no-optimizer")
         if g.get("decoupled_weight_decay") is False:
             raise OptimizerConversionError(
-                f"torch param group {g.get('name')!r} is Adam with L2 decay, not AdamW; fix: convert "
-                "with --no-optimizer")
+                f"torch param group {g.get('name')!r} is Adam with L2 decay, not AdamW; fix: "
+                "convert with --no-optimizer")
     hyper = {(tuple(map(float, g.get("betas", (0.9, 0.999)))), float(g.get("eps", 1e-8)))
              for g in groups}
     if len(hyper) != 1:
         raise OptimizerConversionError(
-            f"torch param groups use different betas/eps {sorted(hyper)}; optax gaugeformer uses one "
+            f"torch param groups use different betas/eps {sorted(hyper)}; gaugeformer uses one "
             "setting for all groups; fix: convert with --no-optimizer")
     (b1, b2), eps = hyper.pop()
     return b1, b2, eps
 
 
-def optim_config_from_torch(opt_sd: Mapping[str, Any], training_config: Mapping[str, Any] | None = None
+def optim_config_from_torch(opt_sd: Mapping[str, Any],
+                            training_config: Mapping[str, Any] | None = None
                             ) -> tuple[OptimConfig, list[str]]:
     """Recover :class:`OptimConfig` from torch param groups (plus the checkpoint's training config).
 
@@ -138,17 +140,19 @@ def optim_config_from_torch(opt_sd: Mapping[str, Any], training_config: Mapping[
             kw[field] = _group_lr(by_name[name])
         else:
             kw[field] = float(tc.get(field, getattr(default, field)))
-            notes.append(f"{field}={kw[field]:g} (no torch group {name!r}: from the training config "
-                         "or the default; it applies to no parameter of this model)")
+            where = "the training config" if field in tc else "the default"
+            notes.append(f"{field}={kw[field]:g} from {where} (no torch group {name!r}: no "
+                         "parameter of this model uses it)")
     if "output" in by_name and not np.isclose(_group_lr(by_name["output"]), kw["ffn_lr"]):
         raise OptimizerConversionError(
-            f"torch group 'output' has lr {_group_lr(by_name['output'])} but 'ffn' has {kw['ffn_lr']}; "
-            "gaugeformer's optimizer uses ffn_lr for out_proj; fix: convert with --no-optimizer")
+            f"torch group 'output' has lr {_group_lr(by_name['output'])} but 'ffn' has "
+            f"{kw['ffn_lr']}; gaugeformer's optimizer uses ffn_lr for out_proj; fix: convert with "
+            "--no-optimizer")
     for g in groups:
         if g["name"] != "ffn" and float(g.get("weight_decay", 0.0)) != 0.0 and g["params"]:
             raise OptimizerConversionError(
-                f"torch group {g['name']!r} has weight_decay {g['weight_decay']}; gaugeformer decays "
-                "only the 'ffn' group; fix: convert with --no-optimizer")
+                f"torch group {g['name']!r} has weight_decay {g['weight_decay']}; gaugeformer "
+                "decays only the 'ffn' group; fix: convert with --no-optimizer")
     kw["weight_decay"] = float(by_name["ffn"]["weight_decay"] if "ffn" in by_name
                                else tc.get("weight_decay", default.weight_decay))
     for field in ("grad_clip", "warmup_steps", "max_steps"):
@@ -157,8 +161,8 @@ def optim_config_from_torch(opt_sd: Mapping[str, Any], training_config: Mapping[
         else:
             notes.append(f"{field}={getattr(default, field)} (not in the checkpoint: default)")
     if tc.get("lr_decay", "cosine") != "cosine":
-        notes.append(f"lr_decay={tc['lr_decay']!r} in the checkpoint, but gaugeformer's schedule is "
-                     "warmup + cosine")
+        notes.append(f"lr_decay={tc['lr_decay']!r} in the checkpoint, but gaugeformer's schedule "
+                     "is warmup + cosine")
     if int(tc.get("grad_accumulation_steps", 1) or 1) != 1:
         notes.append(f"grad_accumulation_steps={tc['grad_accumulation_steps']} is not reproduced")
     return OptimConfig(**kw), notes
@@ -225,7 +229,8 @@ def torch_adamw_to_optax(opt_sd: Mapping[str, Any], state_dict: Mapping[str, Any
       opt_sd: torch ``optimizer.state_dict()`` (numpy arrays).
       state_dict: the reference model state dict it belongs to (for the parameter order).
       cfg: the model config (reference basis: moments are stored per reference coordinate).
-      model: the converted model; the state is built over ``nnx.as_pure(nnx.state(model, nnx.Param))``.
+      model: the converted model; the state is built over
+        ``nnx.as_pure(nnx.state(model, nnx.Param))``.
       training_config: the checkpoint's ``config`` (``vars(FastTrainingConfig)``), if any.
 
     Returns:
@@ -265,7 +270,7 @@ def torch_adamw_to_optax(opt_sd: Mapping[str, Any], state_dict: Mapping[str, Any
                     f"the parameter {shape}; fix: convert with --no-optimizer")
         moments["mu"][path] = np.asarray(entry["exp_avg"], np.float32)
         moments["nu"][path] = np.asarray(entry["exp_avg_sq"], np.float32)
-        steps.setdefault(label, set()).add(int(round(float(np.asarray(entry["step"])))))
+        steps.setdefault(label, set()).add(round(float(np.asarray(entry["step"]))))
     mixed = {g: sorted(s) for g, s in steps.items() if len(s) > 1}
     if mixed:
         raise OptimizerConversionError(

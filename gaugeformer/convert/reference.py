@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.ops import blocks, so3
+from gaugeformer.ops import so3
 
 _TOP = {
     "token_embed.base_mu": ("embed", "base_mu"),
@@ -104,10 +104,9 @@ def _to_e3nn_basis(path: tuple, value: np.ndarray, cfg: ModelConfig) -> np.ndarr
     if name in ("mu_embed", "pos_embed", "out_proj"):
         return value @ q.T
     if name in ("base_log_sigma_diag", "log_sigma_diag"):
-        groups = blocks.groups(cfg.layout)
         v = value.reshape(-1, value.shape[-1])
-        for g in groups:
-            if g.dim > 1 and not np.allclose(v[:, g.index], v[:, g.index[:, :1]]):
+        for off, d in zip(cfg.layout.offsets, cfg.layout.dims):
+            if d > 1 and not np.allclose(v[:, off:off + d], v[:, off:off + 1]):
                 raise ValueError(
                     f"{'.'.join(map(str, path))} is not isotropic within each irrep block, so its diagonal "
                     f"covariance has no diagonal e3nn-basis equivalent; convert with basis='reference'"
@@ -214,7 +213,8 @@ def expected_reference_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
     Parameters and buffers come from an abstract (shape-only) :class:`GaugeTransformerLM`; generator
     buffers from :func:`expected_generators`.  With ``tie_embeddings`` the duplicate ``out_proj.weight``
-    is included (the reference saves it; a de-duplicated safetensors export may omit it).
+    is included (the reference saves it; a de-duplicated safetensors export may omit it, as it may
+    omit the shared generator buffers: :func:`check_state_dict` treats both as optional).
     """
     from gaugeformer.model.lm import GaugeTransformerLM
 
@@ -236,7 +236,10 @@ def check_state_dict(state_dict: dict, cfg: ModelConfig, source: str = "the conf
       source: where ``cfg`` came from, for the message.
     """
     want = expected_reference_shapes(cfg)
-    optional = {"out_proj.weight"} if cfg.tie_embeddings else set()
+    # generator buffers carry no information (a de-duplicating export keeps one of the shared ones)
+    optional = {k for k in want if is_generator_key(k)}
+    if cfg.tie_embeddings:
+        optional.add("out_proj.weight")
     missing = [k for k in want if k not in state_dict and k not in optional]
     unexpected = [k for k in state_dict if k not in want]
     shapes = [f"{k}: checkpoint {tuple(np.shape(v))} vs config {want[k]}"

@@ -39,7 +39,7 @@ class GaugeBlock(nnx.Module):
             sigmas = sig_f
         mu = mu + mu_f if residual else mu_f
         hook(self, "hook_mu_out", mu, sow)
-        if sigmas[0].ndim == 5:
+        if sigmas.ndim == 5:
             hook(self, "hook_sigma_out", blocks.merge_sigma(sigmas, cfg.layout), sow)
         hook(self, "hook_phi_out", phi, sow)
         return mu, sigmas, phi, beta, kl

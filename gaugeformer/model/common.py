@@ -1,25 +1,20 @@
 """Small shared pieces of the modules: the non-trainable buffer type, torch-style LayerNorm, generators."""
 
-import functools
-
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.ops import blocks, so3
+from gaugeformer.ops import blocks
 
 
 class Buffer(nnx.Variable):
     """Non-trainable state (the optimizer updates only ``nnx.Param``)."""
 
 
-@functools.cache
-def group_generators(cfg: ModelConfig) -> tuple[tuple[np.ndarray, int], ...]:
-    """Per head group: (float32 generators (3, d, d) in ``cfg.basis``, number of heads)."""
-    return tuple(
-        (so3.generators(g.dim, cfg.basis).astype(np.float32), g.size) for g in blocks.groups(cfg.layout)
-    )
+def head_generators(cfg: ModelConfig) -> np.ndarray:
+    """Per-head generators ``(H, 3, D, D)`` float32 in ``cfg.basis``, zero on padding slots."""
+    return blocks.generators(cfg.layout, cfg.basis)
 
 
 class LayerNorm(nnx.Module):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import Buffer, group_generators
+from gaugeformer.model.common import Buffer, head_generators
 from gaugeformer.ops import blocks
 from gaugeformer.ops.transport import algebra_to_matrix, expm
 
@@ -33,32 +33,27 @@ class GaugeTokenEmbedding(nnx.Module):
             self.pos_embed = nnx.Param(_INIT_STD * normal(rngs.params(), (cfg.max_seq_len, k)))
 
     def __call__(self, tokens):
-        """``tokens [B, N]`` -> ``(μ [B,N,K], Σ per group, φ [B,N,3], μ_prior [B,N,K])``.
+        """``tokens [B, N]`` -> ``(μ [B,N,K], Σ [B,N,H,D,D], φ [B,N,3], μ_prior [B,N,K])``.
 
-        Σ per group is ``[B,N,h,d,d]`` (or variances ``[B,N,h,d]`` with diagonal covariance).  ``μ_prior`` is
+        Σ is per head, padded (see :mod:`gaugeformer.ops.blocks`), or variances ``[B,N,H,D]`` with diagonal
+        covariance.  ``μ_prior`` is
         μ itself in the reference (positional embedding included, §11.15) and the token part alone when
         ``prior_includes_pos_embed=False``.
         """
         cfg, layout = self.cfg, self.cfg.layout
         phi = self.phi_embed[...][tokens]
         if cfg.gauge_fixed_priors:
-            mu0 = blocks.split_mu(self.base_mu[...], layout)
-            s0 = blocks.split_mu(jnp.exp(self.base_log_sigma_diag[...]), layout)
-            mus, sigmas = [], []
-            for (gens, _), m0, v0 in zip(group_generators(cfg), mu0, s0):
-                rot = expm(algebra_to_matrix(phi, gens))  # [B,N,d,d]
-                mus.append(jnp.einsum("bnkl,hl->bnhk", rot, m0))
-                sigmas.append(jnp.einsum("bnkl,hl,bnml->bnhkm", rot, v0, rot))
-            mu = blocks.merge_mu(mus, layout)
+            mu0 = blocks.split_mu(self.base_mu[...], layout)  # [H,D]
+            s0 = blocks.split_variances(jnp.exp(self.base_log_sigma_diag[...]), layout)
+            rot = expm(algebra_to_matrix(phi, head_generators(cfg)))  # [B,N,H,D,D]
+            mu = blocks.merge_mu(jnp.einsum("bnhkl,hl->bnhk", rot, mu0), layout)
+            sigmas = jnp.einsum("bnhkl,hl,bnhml->bnhkm", rot, s0, rot)
         else:
             mu = self.mu_embed[...][tokens]
             log_sigma = self.log_sigma_diag[...]
             log_sigma = log_sigma[tokens] if log_sigma.ndim == 2 else jnp.broadcast_to(log_sigma, mu.shape)
-            variances = blocks.split_mu(jnp.exp(log_sigma), layout)
-            if cfg.diagonal_covariance:
-                sigmas = variances
-            else:
-                sigmas = [v[..., :, None] * jnp.eye(v.shape[-1], dtype=v.dtype) for v in variances]
+            variances = blocks.split_variances(jnp.exp(log_sigma), layout)
+            sigmas = variances if cfg.diagonal_covariance else blocks.diag_to_full(variances)
         token_mu = mu
         if cfg.use_positional_embedding:
             mu = mu + self.pos_embed[...][: tokens.shape[-1]]

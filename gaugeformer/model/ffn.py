@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import Buffer, group_generators
+from gaugeformer.model.common import Buffer, head_generators
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import blocks, vfe
 from gaugeformer.ops.transport import expm
@@ -29,11 +29,6 @@ def vfe_params(cfg: ModelConfig) -> vfe.VFEParams:
     )
 
 
-def _to_full(sigmas):
-    """Variances ``[B,N,h,d]`` -> diagonal blocks (the VFE step works on full blocks)."""
-    return [s[..., :, None] * jnp.eye(s.shape[-1], dtype=s.dtype) if s.ndim == 4 else s for s in sigmas]
-
-
 class VariationalFFN(nnx.Module):
     """T unrolled VFE steps on (μ, Σ), then one φ step (ref-ffn §3).  The attention's β is not used."""
 
@@ -43,24 +38,25 @@ class VariationalFFN(nnx.Module):
 
     def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, beta_override=None,
                  sow: SowConfig = ALL):
-        """Returns ``(μ [B,N,K], Σ per group or None, φ [B,N,3])``."""
+        """Returns ``(μ [B,N,K], Σ [B,N,H,D,D] or None, φ [B,N,3])``."""
         cfg, layout, hp = self.cfg, self.cfg.layout, vfe_params(self.cfg)
-        diag = sigmas[0].ndim == 4
-        sig = _to_full(sigmas)
+        valid = blocks.padding(layout).valid
+        diag = sigmas.ndim == 4
+        sig = blocks.diag_to_full(sigmas) if diag else sigmas
         mus, mu_p = blocks.split_mu(mu, layout), blocks.split_mu(mu_prior, layout)
-        gg = group_generators(cfg)
-        rots = vfe.rotations(gg, phi, expm)
+        gens = head_generators(cfg)
+        rots = vfe.rotations(gens, phi, expm)
         sig_p = sig
         for t in range(hp.n_iter):
             mus, sig_new, beta, kl = vfe.vfe_iteration(
-                mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, beta_override
+                mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid, beta_override
             )
             if hp.update_sigma:
-                sig = sig_new
+                sig = blocks.impose(sig_new, layout)
             hook(self, f"it{t}.hook_pattern", beta, sow)
             hook(self, f"it{t}.hook_kl", kl, sow)
         if cfg.evolve_phi and (train or cfg.phi_step == "always"):
-            phi, beta, kl = vfe.phi_step(phi, mus, sig, gg, mask, hp, expm)
+            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, expm, valid)
             hook(self, "phistep.hook_pattern", beta, sow)
             hook(self, "phistep.hook_kl", kl, sow)
         mu = blocks.merge_mu(mus, layout)
@@ -70,7 +66,7 @@ class VariationalFFN(nnx.Module):
             return mu, None, phi
         hook(self, "hook_sigma_out", blocks.merge_sigma(sig, layout), sow)
         if diag:
-            sig = [jnp.diagonal(s, axis1=-2, axis2=-1) for s in sig]
+            sig = jnp.diagonal(sig, axis1=-2, axis2=-1)
         return mu, sig, phi
 
 

@@ -25,10 +25,10 @@ class ForwardState:
     """
 
     mu: jax.Array  # [B,N,K] after final_norm
-    sigma: list  # per group
+    sigma: jax.Array  # [B,N,H,D,D] (or variances [B,N,H,D])
     phi: jax.Array  # [B,N,3] frames entering the last block's FFN output (see forward)
     mu_prior: jax.Array  # [B,N,K]
-    sigma_prior: list  # per group
+    sigma_prior: jax.Array  # [B,N,H,D,D]
     beta: jax.Array  # [B,H,N,M] last block attention
     kl: jax.Array  # [B,H,N,M]
 
@@ -91,7 +91,7 @@ class GaugeTransformerLM(nnx.Module):
         mu, sigmas, phi_tok, mu_prior = self.embed(tokens)
         sigma_prior = sigmas
         hook(self.embed, "hook_mu", mu, sow)
-        if sigmas[0].ndim == 5:
+        if sigmas.ndim == 5:
             hook(self.embed, "hook_sigma", blocks.merge_sigma(sigmas, cfg.layout), sow)
         hook(self.embed, "hook_phi", phi_tok, sow)
         phi = compose(phi_tok, self.pos_phi[...][:n], cfg.pos_composition if cfg.pos_encoding_mode != "none"
@@ -112,7 +112,7 @@ class GaugeTransformerLM(nnx.Module):
                 phi = phi_in  # the reference's training forward discards the last block's φ update
         mu = maybe_norm(self.final_norm, mu)
         hook(self, "hook_mu_final", mu, sow)
-        if sigmas[0].ndim == 5:
+        if sigmas.ndim == 5:
             hook(self, "hook_sigma_final", blocks.merge_sigma(sigmas, cfg.layout), sow)
         logits = mu @ self.output_weight.T
         return logits, ForwardState(mu, sigmas, phi, mu_prior, sigma_prior, beta, kl)

@@ -7,6 +7,7 @@ profile sets ``eps_log = 0``.
 """
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from gaugeformer.axes import Array, Float
@@ -34,18 +35,20 @@ def sym(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
     return 0.5 * (a + jnp.swapaxes(a, -1, -2))
 
 
-def taylor4_logabsdet(phi_norm: Float[Array, "*b"], dim: int) -> Float[Array, "*b"]:
-    """``log|det T4(φ·G_l)|`` in closed form.
+def taylor4_logabsdet(phi_norm: Float[Array, "*b"], ls) -> Array:
+    """``log|det T4(φ·G_l)|`` in closed form, for one degree ``l`` or per head (``ls`` of shape ``(H,)``,
+    result ``[*b, H]``).
 
     ``φ·G_l`` is normal with eigenvalues ``i m |φ|`` (m = -l..l), so ``det T4 = Π_m t4(i m |φ|)`` with
     ``|t4(iθ)|² = (1 - θ²/2 + θ⁴/24)² + (θ - θ³/6)²``.  For the exact exponential the result is 0.
     """
-    l = (dim - 1) // 2
-    total = jnp.zeros_like(phi_norm)
-    for m in range(1, l + 1):  # m and -m contribute equally; m = 0 contributes log 1
-        t = m * phi_norm
+    ls = np.asarray(ls)
+    norm = phi_norm[..., None] if ls.ndim else phi_norm
+    total = jnp.zeros_like(norm)
+    for m in range(1, int(ls.max()) + 1 if ls.size else 1):  # ±m contribute equally; m = 0 gives 0
+        t = m * norm
         t2 = t * t
         re = 1.0 - t2 / 2.0 + t2 * t2 / 24.0
         im = t - t * t2 / 6.0
-        total = total + jnp.log(re * re + im * im)
+        total = total + jnp.where(m <= ls, jnp.log(re * re + im * im), 0.0)
     return total

@@ -96,13 +96,6 @@ class HeadLayout:
     def ls(self) -> tuple[int, ...]:
         return tuple((d - 1) // 2 for d in self.dims)
 
-    def groups(self) -> dict[int, tuple[int, ...]]:
-        """Head indices grouped by dimension (heads of equal d are batched together)."""
-        out: dict[int, list[int]] = {}
-        for h, d in enumerate(self.dims):
-            out.setdefault(d, []).append(h)
-        return {d: tuple(hs) for d, hs in sorted(out.items())}
-
 
 @functools.cache
 def _head_layout(spec: tuple, embed_dim: int, pad: bool) -> HeadLayout:

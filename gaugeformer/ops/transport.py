@@ -25,11 +25,11 @@ _TAYLOR_DEGREE = 14
 _MAX_SQUARINGS = 12  # handles ||A||_F up to 2**12 without loss; beyond that exp() is meaningless anyway
 
 
-def algebra_to_matrix(
-    phi: Float[Array, "*batch 3"], gens: Float[Array, "3 d d"]
-) -> Float[Array, "*batch d d"]:
-    """``φ·G = Σ_a φ_a G_a``."""
-    return jnp.einsum("...a,aij->...ij", phi, gens)
+def algebra_to_matrix(phi: Float[Array, "*batch 3"], gens: Float[Array, "*g 3 d d"]) -> Array:
+    """``φ·G = Σ_a φ_a G_a``.  With per-head generators ``[H, 3, D, D]`` the result is ``[*batch, H, D, D]``."""
+    if gens.ndim == 3:
+        return jnp.einsum("...a,aij->...ij", phi, gens)
+    return jnp.einsum("...a,haij->...hij", phi, gens)
 
 
 def taylor4(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:
@@ -68,9 +68,10 @@ def exponential(a: Float[Array, "*batch d d"], kind: Exponential) -> Float[Array
     raise ValueError(f"unknown exponential {kind!r}; expected 'taylor4' or 'exact'")
 
 
-def frames(
-    phi: Float[Array, "*batch 3"], gens: Float[Array, "3 d d"], kind: Exponential
-) -> tuple[Float[Array, "*batch d d"], Float[Array, "*batch d d"]]:
-    """Per-token transport factors ``(E, F) = (exp(φ·G), exp(-φ·G))`` so that ``Ω_ij = E_i F_j``."""
+def frames(phi: Float[Array, "*batch 3"], gens: Array, kind: Exponential) -> tuple[Array, Array]:
+    """Per-token transport factors ``(E, F) = (exp(φ·G), exp(-φ·G))`` so that ``Ω_ij = E_i F_j``.
+
+    ``gens`` is ``[3, d, d]`` or per head ``[H, 3, D, D]`` (then E, F are ``[*batch, H, D, D]``).
+    """
     a = algebra_to_matrix(phi, gens)
     return exponential(a, kind), exponential(-a, kind)

@@ -1,7 +1,7 @@
 """The VFE_dynamic feed-forward: unrolled, preconditioned descent on a free energy (ref-ffn.md §3).
 
-Beliefs are per head group (see :mod:`gaugeformer.ops.blocks`); the FFN sees all groups at once because its
-attention β is *one* ``[B, N, M]`` matrix over the block-summed KL, and because its trust regions couple all
+Beliefs are per head, padded to a common dimension (``[B, N, H, D]``, see :mod:`gaugeformer.ops.blocks`);
+the FFN's attention β is *one* ``[B, N, M]`` matrix over the head-summed KL, and its trust regions couple all
 K channels of a token.
 
 Transport here is the exact exponential, so ``R_i = exp(φ_i·G)`` is orthogonal and every pairwise quantity
@@ -18,6 +18,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
@@ -70,27 +71,28 @@ class VFEParams:
 
 
 # ----------------------------------------------------------------------------------------------
-# per-token pull-back and the block-summed KL
+# per-token pull-back and the head-summed KL
 # ----------------------------------------------------------------------------------------------
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class _Pulled:
-    """Per-token quantities of one head group (all ``[B, N, h, ...]``)."""
+    """Per-token quantities (all ``[B, N, H, ...]``)."""
 
-    r: Array  # rotations R_i                      [B,N,h,d,d]
-    a: Array  # R_iᵀ μ_i                           [B,N,h,d]
-    sig: Array  # R_iᵀ Σ_i R_i                     [B,N,h,d,d]
-    p: Array  # R_iᵀ (Σ_i + εI)⁻¹ R_i              [B,N,h,d,d]
-    inv: Array  # (Σ_i + εI)⁻¹                      [B,N,h,d,d]
-    ld: Array  # 2 Σ log(diag chol(Σ_i + εI) + eps_log)   [B,N,h]
-    ok: Array  # all Cholesky factors finite        []
+    r: Array  # rotations R_i                      [B,N,H,D,D]
+    a: Array  # R_iᵀ μ_i                           [B,N,H,D]
+    sig: Array  # R_iᵀ Σ_i R_i                     [B,N,H,D,D]
+    p: Array  # R_iᵀ (Σ_i + εI)⁻¹ R_i              [B,N,H,D,D]
+    inv: Array  # (Σ_i + εI)⁻¹                      [B,N,H,D,D]
+    ld: Array  # 2 Σ log(diag chol(Σ_i + εI) + eps_log)   [B,N,H]
+    ok: Array  # per head: all Cholesky factors finite   [H]
 
 
 def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     rt = jnp.swapaxes(r, -1, -2)
     chol = jnp.linalg.cholesky(gs.add_eye(sigma, eps))
-    ok = jnp.all(jnp.isfinite(chol))
+    ok = jnp.all(jnp.isfinite(chol), axis=(0, 1, 3, 4))
     inv = gs.spd_inverse(chol)
     return _Pulled(
         r=r,
@@ -113,11 +115,11 @@ def _centre(t: _Pulled) -> Array:
 
 
 def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
-    """Per-head ``(KL_β, K̂)`` of one group, ``[B, h, N, M]`` before clamping.
+    """Per-head ``(KL_β, K̂)``, ``[B, H, N, M]`` before clamping.
 
     Query-side quantities come from ``tq`` and key-side ones from ``tk`` (the same object except in the
     causal φ step).  ``KL_β`` regularises Σ_i in the trace (the β path); ``K̂`` does not (the coupling path,
-    ref-ffn §3.3).
+    ref-ffn §3.3).  Padding slots contribute exactly 0 to both.
     """
     d = tq.a.shape[-1]
     c = _centre(tk)
@@ -133,19 +135,20 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
     return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
-def block_kl(pulled: list[_Pulled], eps: float, keys: list[_Pulled] | None = None
+def block_kl(pulled: _Pulled, eps: float, n_pad: Array, keys: _Pulled | None = None
              ) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
-    """Block-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then heads are summed.
+    """Head-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then heads are summed.
 
-    ``keys`` (default: ``pulled``) supplies the key-side quantities.  A head whose Cholesky failed
-    anywhere contributes ``eps`` everywhere (the reference's fallback).
+    ``keys`` (default: ``pulled``) supplies the key-side quantities; ``n_pad [H]`` counts padding slots
+    per head.  A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the reference's
+    fallback).
     """
-    kl_beta, kl_hat = 0.0, 0.0
-    for t, tk in zip(pulled, keys or pulled):
-        kb, kh = _pair_kls(t, tk, eps)
-        kb = jnp.where(t.ok, jnp.maximum(kb, 0.0), eps).sum(1)
-        kh = jnp.where(t.ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
-        kl_beta, kl_hat = kl_beta + kb, kl_hat + kh
+    kb, kh = _pair_kls(pulled, keys or pulled, eps)
+    # a padding slot adds 1/(1+ε) - 1 to K̂'s unregularised trace term (and exactly 0 to KL_β)
+    kh = kh + (0.5 * eps * n_pad / (1.0 + eps))[None, :, None, None]
+    ok = pulled.ok[None, :, None, None]
+    kl_beta = jnp.where(ok, jnp.maximum(kb, 0.0), eps).sum(1)
+    kl_hat = jnp.where(ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
     return kl_beta, kl_hat
 
 
@@ -154,13 +157,9 @@ def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams)
     return attention_weights(logits, hp.beta_floor)
 
 
-def rotations(phi_groups_gens, phi, exp_fn) -> list[Array]:
-    """``R = exp(φ·G)`` per group: ``[B, N, h, d, d]`` (heads of a group share generators)."""
-    out = []
-    for gens, h in phi_groups_gens:
-        r = exp_fn(jnp.einsum("bna,aij->bnij", phi, gens))
-        out.append(jnp.broadcast_to(r[:, :, None], (*r.shape[:2], h, *r.shape[2:])))
-    return out
+def rotations(gens: Array, phi: Float[Array, "B N 3"], exp_fn) -> Float[Array, "B N H D D"]:
+    """``R = exp(φ·G)`` per head from per-head generators ``[H, 3, D, D]``."""
+    return exp_fn(jnp.einsum("bna,haij->bnhij", phi, gens))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,8 +167,8 @@ def rotations(phi_groups_gens, phi, exp_fn) -> list[Array]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _weighted_g(t: _Pulled, w: Float[Array, "B N M"], c) -> Array:
-    """``Σ_j w_ij g_ij = R_i [(Σ_j w_ij P̌_j) â_i - Σ_j w_ij P̌_j b̌_j]`` (centred on ``c``)."""
+def _weighted_g(t: _Pulled, w: Float[Array, "B N M"], c) -> tuple[Array, Array]:
+    """``Σ_j w_ij g_ij = R_i [(Σ_j w_ij P̌_j) â_i - Σ_j w_ij P̌_j b̌_j]`` (centred on ``c``), and ``Σ_j w P̌``."""
     a = t.a - c
     wp = jnp.einsum("bnm,bmhkl->bnhkl", w, t.p)
     wpb = jnp.einsum("bnm,bmhk->bnhk", w, jnp.einsum("bmhkl,bmhl->bmhk", t.p, a))
@@ -177,98 +176,76 @@ def _weighted_g(t: _Pulled, w: Float[Array, "B N M"], c) -> Array:
     return jnp.einsum("bnhkl,bnhl->bnhk", t.r, inner), wp
 
 
-def vfe_iteration(
-    mu: list[Array],
-    sigma: list[Array],
-    rots: list[Array],
-    mu_p: list[Array],
-    sigma_p: list[Array],
-    mask: Bool[Array, "N M"],
-    lr: Float[Array, ""],
-    hp: VFEParams,
-    beta_override: Float[Array, "B N M"] | None = None,
-):
-    """One VFE step on all head groups; returns ``(mu, sigma, beta, kl)``."""
-    pulled = [_pull_back(m, s, r, hp.eps, hp.eps_log) for m, s, r in zip(mu, sigma, rots)]
-    kl_beta, kl_hat = block_kl(pulled, hp.eps)
+def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid: np.ndarray,
+                  beta_override=None):
+    """One VFE step; all beliefs ``[B, N, H, D(, D)]``, ``valid [H, D]`` marks real slots.
+
+    Returns ``(mu, sigma, beta [B,N,M], kl [B,N,M])``.
+    """
+    n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
+    t = _pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
+    kl_beta, kl_hat = block_kl(t, hp.eps, n_pad)
     beta = ffn_beta(kl_beta, mask, hp) if beta_override is None else beta_override
     w = kl_hat * beta
     row_beta = beta.sum(-1)[:, :, None, None, None]  # [B,N,1,1,1]
     row_w = w.sum(-1)[:, :, None, None]  # [B,N,1,1]
 
-    grads_mu, grads_sig = [], []
-    for t, m, mp, sp in zip(pulled, mu, mu_p, sigma_p):
-        c = _centre(t)
-        g_bar, beta_p = _weighted_g(t, beta, c)
-        g_w, _ = _weighted_g(t, w, c)
-        coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
-        chol_p = jnp.linalg.cholesky(gs.add_eye(sp, hp.eps))
-        inv_p = gs.spd_inverse(chol_p)
-        g_self = hp.alpha * jnp.einsum("bnhkl,bnhl->bnhk", inv_p, m - mp)
-        h_self = 0.5 * hp.alpha * (inv_p - t.inv)
-        rt = jnp.swapaxes(t.r, -1, -2)
-        h_align = 0.5 * hp.lam * (t.r @ beta_p @ rt - row_beta * t.inv)
-        g_mu = g_self + hp.lam * g_bar + hp.coupling_sign * coup
-        grads_mu.append(jnp.clip(g_mu, -hp.grad_clip, hp.grad_clip))
-        grads_sig.append(jnp.clip(h_self + h_align, -hp.grad_clip, hp.grad_clip))
+    c = _centre(t)
+    g_bar, beta_p = _weighted_g(t, beta, c)
+    g_w, _ = _weighted_g(t, w, c)
+    coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
+    inv_p = gs.spd_inverse(jnp.linalg.cholesky(gs.add_eye(sigma_p, hp.eps)))
+    g_self = hp.alpha * jnp.einsum("bnhkl,bnhl->bnhk", inv_p, mu - mu_p)
+    h_self = 0.5 * hp.alpha * (inv_p - t.inv)
+    h_align = 0.5 * hp.lam * (t.r @ beta_p @ jnp.swapaxes(t.r, -1, -2) - row_beta * t.inv)
+    g_mu = jnp.clip(g_self + hp.lam * g_bar + hp.coupling_sign * coup, -hp.grad_clip, hp.grad_clip)
+    g_sig = jnp.clip(h_self + h_align, -hp.grad_clip, hp.grad_clip)
 
     # "natural" gradient and the whitened μ trust region (all K channels of a token together)
-    delta = [-lr * jnp.einsum("bnhkl,bnhl->bnhk", s, g) for s, g in zip(sigma, grads_mu)]
-    diag = [jnp.diagonal(s, axis1=-2, axis2=-1) for s in sigma]
-    wnorm2 = sum(jnp.sum((dl / jnp.sqrt(jnp.maximum(dg, hp.eps))) ** 2, axis=(-2, -1))
-                 for dl, dg in zip(delta, diag))
+    delta = -lr * jnp.einsum("bnhkl,bnhl->bnhk", sigma, g_mu)
+    diag = jnp.diagonal(sigma, axis1=-2, axis2=-1)
+    wnorm2 = jnp.sum((delta / jnp.sqrt(jnp.maximum(diag, hp.eps))) ** 2, axis=(-2, -1))
     scale = jnp.minimum(1.0, hp.mu_trust / (jnp.sqrt(wnorm2) + hp.eps))[..., None, None]
-    mu = [m + scale * dl for m, dl in zip(mu, delta)]
+    mu = mu + scale * delta
 
     if hp.update_sigma:
-        nat = [0.5 * (dg[..., :, None] * dg[..., None, :]) * g for dg, g in zip(diag, grads_sig)]
-        sigma = retract_spd(sigma, [-n for n in nat], hp.sigma_step * lr, hp.sigma_trust, hp.eps)
+        nat = 0.5 * (diag[..., :, None] * diag[..., None, :]) * g_sig
+        sigma = retract_spd(sigma, -nat, hp.sigma_step * lr, hp.sigma_trust, hp.eps, valid)
     return mu, sigma, beta, kl_beta
 
 
-def retract_spd(sigma: list[Array], direction: list[Array], step, trust: float, eps: float) -> list[Array]:
-    """The reference's SPD retraction (ref-ffn §3.3 step 6), per token over all head blocks.
+def retract_spd(sigma: Array, direction: Array, step, trust: float, eps: float, valid: np.ndarray) -> Array:
+    """The reference's SPD retraction (ref-ffn §3.3 step 6), per token over all heads.
 
     Diagonally whitened step capped at Frobenius norm ``trust``, then the smallest ridge ``c·r·I`` from the
     ladder for which *every* matrix of the call has a Cholesky factor (the reference's batch-global test);
-    if none does, the old Σ plus ``0.1·r·I``.
+    if none does, the old Σ plus ``0.1·r·I``.  ``r`` is the mean |diagonal| over the K real channels; the
+    padding block is reset to the identity.
     """
-    sigma = [gs.sym(s) for s in sigma]
-    direction = [gs.sym(d) for d in direction]
-    dg = [jnp.maximum(jnp.diagonal(s, axis1=-2, axis2=-1), eps) for s in sigma]
-    bw = [d / jnp.sqrt(g[..., :, None] * g[..., None, :]) for d, g in zip(direction, dg)]
-    fro = jnp.sqrt(sum(jnp.sum(b * b, axis=(-3, -2, -1)) for b in bw))
+    sigma = gs.sym(sigma)
+    direction = gs.sym(direction)
+    dg = jnp.maximum(jnp.diagonal(sigma, axis1=-2, axis2=-1), eps)
+    outer = jnp.sqrt(dg[..., :, None] * dg[..., None, :])
+    bw = direction / outer
+    fro = jnp.sqrt(jnp.sum(bw * bw, axis=(-3, -2, -1)))
     shrink = jnp.minimum(1.0, trust / (fro + eps))[..., None, None, None]
-    new = [
-        gs.sym(s + step * jnp.sqrt(g[..., :, None] * g[..., None, :]) * (shrink * b))
-        for s, g, b in zip(sigma, dg, bw)
-    ]
-    k = sum(s.shape[-3] * s.shape[-1] for s in new)
+    new = gs.sym(sigma + step * outer * (shrink * bw))
+    real = jnp.asarray(valid, new.dtype)
     ridge = jnp.maximum(
-        sum(jnp.sum(jnp.abs(jnp.diagonal(s, axis1=-2, axis2=-1)), axis=(-2, -1)) for s in new) / k, eps
+        jnp.sum(jnp.abs(jnp.diagonal(new, axis1=-2, axis2=-1)) * real, axis=(-2, -1)) / real.sum(), eps
     )[..., None, None, None]
-    eyes = [jnp.eye(s.shape[-1], dtype=s.dtype) for s in new]
-    coeff, found = _ridge_coefficient([jax.lax.stop_gradient(s) for s in new],
-                                      jax.lax.stop_gradient(ridge))
-    return [
-        jnp.where(found, s + coeff * ridge * e, s_old + 0.1 * ridge * e)
-        for s, s_old, e in zip(new, sigma, eyes)
-    ]
+    eye = jnp.eye(new.shape[-1], dtype=new.dtype) * real[..., :, None]  # ridge on real channels only
+    coeff, found = _ridge_coefficient(jax.lax.stop_gradient(new), jax.lax.stop_gradient(ridge), eye)
+    return jnp.where(found, new + coeff * ridge * eye, sigma + 0.1 * ridge * eye)
 
 
-def _ridge_coefficient(new: list[Array], ridge: Array) -> tuple[Array, Array]:
+def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Array]:
     """First ladder entry c whose ``Σ' + c·r·I`` factorises for every matrix; ``(c, found)``.
 
     A while loop (not differentiated: the choice is a constant for backprop) so the common case costs one
-    Cholesky per group and the compiled graph holds one.
+    Cholesky and the compiled graph holds one.
     """
-    ladder = jnp.asarray(_RIDGE_LADDER, new[0].dtype)
-
-    def succeeds(c):
-        return jnp.all(jnp.stack([
-            jnp.all(jnp.isfinite(jnp.linalg.cholesky(s + c * ridge * jnp.eye(s.shape[-1], dtype=s.dtype))))
-            for s in new
-        ]))
+    ladder = jnp.asarray(_RIDGE_LADDER, new.dtype)
 
     def cond(state):
         i, ok = state
@@ -276,7 +253,7 @@ def _ridge_coefficient(new: list[Array], ridge: Array) -> tuple[Array, Array]:
 
     def body(state):
         i, _ = state
-        ok = succeeds(ladder[i])
+        ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(new + ladder[i] * ridge * eye)))
         return jnp.where(ok, i, i + 1), ok
 
     i, found = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False)))
@@ -288,30 +265,28 @@ def _ridge_coefficient(new: list[Array], ridge: Array) -> tuple[Array, Array]:
 # ----------------------------------------------------------------------------------------------
 
 
-def phi_energy(phi, mu, sigma, groups_gens, mask, hp: VFEParams, exp_fn):
+def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
     With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
     attention); otherwise φ_i is also differentiated in its role as a key of every later query, which
     makes the updated φ_i depend on future tokens (the reference).
     """
-    rots = rotations(groups_gens, phi, exp_fn)
-    pulled = [_pull_back(m, s, r, hp.eps, hp.eps_log) for m, s, r in zip(mu, sigma, rots)]
+    pulled = _pull_back(mu, sigma, rotations(gens, phi, exp_fn), hp.eps, hp.eps_log)
     keys = None
     if hp.phi_grad_query_role:
-        key_rots = rotations(groups_gens, jax.lax.stop_gradient(phi), exp_fn)
-        keys = [_pull_back(m, s, r, hp.eps, hp.eps_log) for m, s, r in zip(mu, sigma, key_rots)]
-    kl, _ = block_kl(pulled, hp.eps, keys)
+        keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi), exp_fn), hp.eps, hp.eps_log)
+    kl, _ = block_kl(pulled, hp.eps, n_pad, keys)
     beta = ffn_beta(kl, mask, hp)
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
-def phi_step(phi, mu, sigma, groups_gens, mask, hp: VFEParams, exp_fn):
+def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarray):
     """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``."""
-    mu = [jax.lax.stop_gradient(m) for m in mu]
-    sigma = [jax.lax.stop_gradient(s) for s in sigma]
+    n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
     grad, (beta, kl) = jax.grad(phi_energy, has_aux=True)(
-        jax.lax.stop_gradient(phi), mu, sigma, groups_gens, mask, hp, exp_fn
+        jax.lax.stop_gradient(phi), jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sigma), gens, mask,
+        hp, exp_fn, n_pad,
     )
     new = phi - hp.phi_lr * jax.lax.stop_gradient(grad)
     norm = jnp.linalg.norm(new, axis=-1, keepdims=True)

@@ -62,6 +62,12 @@ def group_of(path: tuple, clean_groups: bool = False) -> str:
     return "ffn"
 
 
+def _names(path) -> tuple:
+    """Key path -> names, without the ``value`` entry that NNX Variables add at the leaf."""
+    names = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return names[:-1] if names and names[-1] == "value" else names
+
+
 def schedule_factor(step, cfg: OptimConfig):
     """The reference's LambdaLR factor at 0-based step ``step`` (float32, like the reference)."""
     step = jnp.asarray(step, jnp.float32)
@@ -99,11 +105,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
                            weight_decay=group_weight_decay(group, cfg))
 
     def labels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: group_of(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path),
-                                     cfg.clean_groups),
-            params,
-        )
+        return jax.tree_util.tree_map_with_path(lambda path, _: group_of(_names(path), cfg.clean_groups), params)
 
     return optax.chain(
         torch_clip_by_global_norm(cfg.grad_clip),

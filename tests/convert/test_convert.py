@@ -1,8 +1,8 @@
-"""scripts/convert_checkpoint.py and gaugeformer.convert.convert: conversion, config recovery, optimizer
-moments, orbax layout, validation and bad input.
+"""scripts/convert_checkpoint.py and gaugeformer.convert.convert: conversion, config recovery,
+optimizer moments, orbax layout, validation and bad input.
 
-JAX compiles dominate the runtime: only T_A_v256 and G_v256 are validated against their whole golden.npz
-here (A_v256 and D_v256 by logits); the four-fixture CLI validation is ``@pytest.mark.slow``.
+JAX compiles dominate the runtime: only T_A_v256 and G_v256 are validated against their whole
+golden.npz here (A_v256 and D_v256 by logits); the four-fixture CLI run is ``@pytest.mark.slow``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_torch_pt import Builder, write_pt  # same directory (pytest's rootdir-relative import)
+from test_torch_pt import Builder, FakeTensor, write_pt  # same directory (pytest's rootdir import)
 
 from gaugeformer.config import ModelConfig, from_reference_dict
 from gaugeformer.convert import convert as cv
@@ -54,19 +55,16 @@ def _reference_config(name: str) -> ModelConfig:
     return from_reference_dict(json.loads((FIXTURES / name / "model_config.json").read_text()))
 
 
-def _params_by_torch_key(model, state_dict: dict, cfg: ModelConfig):
-    """Yield ``(torch key, ours, theirs)`` for every saved parameter."""
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+def _values_by_torch_key(model, state_dict: dict, cfg: ModelConfig):
+    """Yield ``(torch key, ours, theirs)`` for every saved parameter and buffer."""
+    pure = nnx.to_pure_dict(nnx.state(model))
     for key, value in state_dict.items():
         path = map_torch_key(key)
         if path is None or (cfg.tie_embeddings and path == ("out_proj",)):
             continue
         node = pure
-        try:
-            for p in path:
-                node = node[p]
-        except KeyError:
-            continue  # a buffer
+        for p in path:
+            node = node[p]
         yield key, np.asarray(node), value
 
 
@@ -105,9 +103,11 @@ def test_every_fixture_converts_with_no_flags(converted, name):
     model, cfg, opt_state, meta = cv.load_converted(out)
     assert cfg == _reference_config(name)
     sd = _state_dict(name)
-    for key, ours, theirs in _params_by_torch_key(model, sd, cfg):
+    for key, ours, theirs in _values_by_torch_key(model, sd, cfg):
         np.testing.assert_array_equal(ours, theirs, err_msg=key)
     assert meta["format"] == cv.FORMAT and meta["converted_from"].endswith("best_model.pt")
+    # the pickled PosixPath of the training config arrives as a plain string
+    assert meta["training_config"]["checkpoint_dir"] == "checkpoints_publication/ffn_VFE_dynamic"
     assert meta["has_opt_state"] and opt_state is not None  # every fixture saves an AdamW state
     assert meta["step"] == (300 if name == "T_A_v256" else 0)
     assert meta["reference_step"] == (299 if name == "T_A_v256" else 0)
@@ -156,6 +156,15 @@ def test_validate_fails_and_exits_1(tmp_path, capsys):
     assert any(line.strip().startswith("FAIL  logits") for line in lines)
 
 
+def _env_with_compile_cache() -> dict:
+    """The test session's persistent XLA cache (tests/conftest.py) for a subprocess, too."""
+    env = dict(os.environ)
+    if jax.config.jax_compilation_cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(jax.config.jax_compilation_cache_dir)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    return env
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_validates_every_fixture(tmp_path, name):
@@ -163,7 +172,7 @@ def test_cli_validates_every_fixture(tmp_path, name):
         [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"),
          str(FIXTURES / name / "best_model.pt"), "--out", str(tmp_path / "out"),
          "--validate", str(FIXTURES / name / "golden.npz"), "--json", str(tmp_path / "r.json")],
-        capture_output=True, text=True, cwd=ROOT, timeout=900)
+        capture_output=True, text=True, cwd=ROOT, timeout=900, env=_env_with_compile_cache())
     last = proc.stdout.strip().splitlines()[-1]
     assert proc.returncode == 0 and STATUS.match(last).group(2) == "pass", proc.stdout[-2000:]
 
@@ -171,7 +180,8 @@ def test_cli_validates_every_fixture(tmp_path, name):
 def test_script_converts(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "convert_checkpoint.py"),
-         str(FIXTURES / "D_v256" / "best_model.pt"), "--out", str(tmp_path / "d"), "--no-optimizer"],
+         str(FIXTURES / "D_v256" / "best_model.pt"), "--out", str(tmp_path / "d"),
+         "--no-optimizer"],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote " in proc.stdout
@@ -230,7 +240,8 @@ def test_experiment_config_is_resolved(tmp_path):
 def test_explicit_config_file_yaml_and_gaugeformer_json(tmp_path):
     want = _reference_config("D_v256")
     (tmp_path / "c.json").write_text(want.to_json())
-    rc, lines = _run(FIXTURES / "D_v256" / "best_model.pt", tmp_path / "a", config=tmp_path / "c.json")
+    ckpt = FIXTURES / "D_v256" / "best_model.pt"
+    rc, lines = _run(ckpt, tmp_path / "a", config=tmp_path / "c.json")
     assert rc == 0 and any("--config" in line for line in lines)
     import yaml
 
@@ -250,7 +261,7 @@ def test_contradicting_config_names_keys_and_both_shapes(tmp_path, capsys):
     assert rc == 2 and not (tmp_path / "out").exists()
     assert "token_embed.phi_embed.weight: checkpoint (256, 3) vs config (300, 3)" in err
     assert "out_proj.weight: checkpoint (256, 19) vs config (300, 19)" in err
-    assert "missing keys" in err and "transformer.blocks.2.ffn.variational_ffn.lr" in err
+    assert "1 missing key [transformer.blocks.2.ffn.variational_ffn.lr]" in err
 
 
 def test_contradicting_buffer_values(tmp_path, capsys):
@@ -278,7 +289,7 @@ def _save_safetensors(path: Path, sd: dict, metadata: dict | None = None) -> Non
         if id(value) in seen:  # safetensors refuses shared tensors: drop the tied duplicate
             continue
         seen[id(value)] = key
-        tensors[key] = np.ascontiguousarray(value)
+        tensors[key] = np.array(value)  # (np.ascontiguousarray would make 0-d arrays 1-d)
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -288,7 +299,8 @@ def test_safetensors_with_json_config(tmp_path, where):
     sd = _state_dict(name)
     text = (FIXTURES / name / "model_config.json").read_text()
     path = tmp_path / "model.safetensors"
-    _save_safetensors(path, sd, {"model_config": text, "step": "7"} if where == "metadata" else None)
+    metadata = {"model_config": text, "step": "7"} if where == "metadata" else None
+    _save_safetensors(path, sd, metadata)
     if where == "sidecar":
         (tmp_path / "model.json").write_text(text)
     rc, lines = _run(path, tmp_path / "out")
@@ -296,13 +308,17 @@ def test_safetensors_with_json_config(tmp_path, where):
     model, cfg, opt_state, meta = cv.load_converted(tmp_path / "out")
     assert cfg == _reference_config(name) and opt_state is None
     assert meta["step"] == (7 if where == "metadata" else 0)
-    for key, ours, theirs in _params_by_torch_key(model, sd, cfg):
+    for key, ours, theirs in _values_by_torch_key(model, sd, cfg):
         np.testing.assert_array_equal(ours, theirs, err_msg=key)
 
 
 def _write_torch_like(path: Path, sd: dict, **top) -> None:
     b = Builder()
-    tensors = collections.OrderedDict((k, b.tensor(v)) for k, v in sd.items())
+
+    def tensor(v):  # Builder.tensor gives 0-d arrays a stride; torch writes ()
+        return FakeTensor(b.storage(v.reshape(1)), 0, (), ()) if v.ndim == 0 else b.tensor(v)
+
+    tensors = collections.OrderedDict((k, tensor(v)) for k, v in sd.items())
     obj = tensors if not top else {"model_state_dict": tensors, **top}
     write_pt(path, obj, b)
 
@@ -393,16 +409,43 @@ def test_adamw_step_matches_torch_formula(converted):
 
 
 def test_converted_state_resumes_in_nnx_optimizer(converted):
-    rc, _, out = converted("T_A_v256")
+    _, _, out = converted("T_A_v256")
     model, _, opt_state, meta = cv.load_converted(out)
-    optimizer = nnx.Optimizer(model, make_optimizer(cv.optim_config_of(meta)), wrt=nnx.Param)
-    fresh = jax.tree.structure(nnx.as_pure(optimizer.opt_state))
-    if fresh != jax.tree.structure(opt_state):
-        pytest.xfail("make_optimizer labels every parameter 'ffn' under nnx.Optimizer (its label "
-                     "paths end in '.value'); fix gaugeformer/train/optim.py")
+    optimizer = nnx.Optimizer(model, cv.resumable_tx(cv.optim_config_of(meta)), wrt=nnx.Param)
     cv.install_opt_state(optimizer, opt_state, meta["step"])
     assert int(optimizer.step[...]) == 300
     for a, b in zip(jax.tree.leaves(nnx.as_pure(optimizer.opt_state)), jax.tree.leaves(opt_state)):
+        np.testing.assert_array_equal(a, b)
+    grads = jax.tree.map(np.ones_like, nnx.state(model, nnx.Param))
+    optimizer.update(model, grads)
+    assert int(optimizer.step[...]) == 301
+
+
+def test_trainer_opens_converted_checkpoint(converted):
+    """The training pipeline's loader and resume path (gaugeformer.train) read the same items."""
+    ckpt_lib = pytest.importorskip("gaugeformer.train.checkpoint")
+    loop = pytest.importorskip("gaugeformer.train.loop")
+    import orbax.checkpoint as ocp
+
+    from gaugeformer.model.lm import GaugeTransformerLM
+
+    _, _, out = converted("T_A_v256")
+    ours, cfg, opt_state, meta = cv.load_converted(out)
+    model, their_meta = ckpt_lib.load_model(out)
+    assert their_meta["step"] == 300 and model.cfg == cfg
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(ours))):
+        np.testing.assert_array_equal(a, b)
+    tx = loop.build_optimizer(cv.optim_config_of(meta))
+    template = nnx.eval_shape(
+        lambda: nnx.Optimizer(GaugeTransformerLM(cfg, rngs=nnx.Rngs(0)), tx, wrt=nnx.Param))
+    manager = ocp.CheckpointManager(out)
+    try:
+        restored = ckpt_lib.restore_step(manager, meta["step"], optimizer_template=template)
+    finally:
+        manager.close()
+    nnx.update(template, restored.opt_state)
+    assert int(template.step[...]) == 300
+    for a, b in zip(jax.tree.leaves(nnx.as_pure(template.opt_state)), jax.tree.leaves(opt_state)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -444,8 +487,22 @@ def test_output_never_half_written(tmp_path, monkeypatch):
         cv.save_converted(out, conv.model, conv.config.cfg, conv.meta, force=False)
     assert not out.exists() and not _leftovers(tmp_path, "out")
     monkeypatch.undo()
-    # a failure inside orbax (an item that cannot be serialised) leaves nothing either
-    with pytest.raises(Exception):
+    # a failure inside orbax's writer threads (one JSON item fails while the arrays are written)
+    real_dumps = json.dumps
+
+    def failing_dumps(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("explode"):
+            raise TypeError("simulated failure while writing 'meta'")
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(cv, "json", types.SimpleNamespace(dumps=real_dumps, loads=json.loads))
+    monkeypatch.setattr(json, "dumps", failing_dumps)
+    with pytest.raises(TypeError, match="simulated"):
+        cv.save_converted(out, conv.model, conv.config.cfg, {**conv.meta, "explode": True})
+    assert not out.exists() and not _leftovers(tmp_path, "out")
+    monkeypatch.undo()
+    # an item that is not JSON is refused before anything is written
+    with pytest.raises(cv.ConversionError, match="not plain JSON"):
         cv.save_converted(out, conv.model, conv.config.cfg, {**conv.meta, "bad": object()})
     assert not out.exists() and not _leftovers(tmp_path, "out")
 
@@ -508,3 +565,60 @@ def test_validate_live_skips_cleanly_without_torch(tmp_path):
                      validate_live_repo=tmp_path)
     assert rc == 0
     assert any(line.startswith("--validate-live skipped: torch is not installed") for line in lines)
+
+
+_FAKE_REFERENCE = """
+import numpy as np
+from flax import nnx
+from gaugeformer.config import from_reference_dict
+from gaugeformer.convert.reference import model_from_reference
+
+
+class GaugeTransformerLM:  # stands in for the PyTorch reference model
+    def __init__(self, config):
+        self.cfg = from_reference_dict(config)
+
+    def load_state_dict(self, state_dict, strict=True):
+        self.sd = {k: v.numpy() for k, v in state_dict.items()}
+
+    def eval(self):
+        return self
+
+    def __call__(self, tokens):
+        model = model_from_reference(self.sd, self.cfg)
+        logits = nnx.jit(lambda m, t: m(t))(model, tokens.numpy())
+        return type(tokens)(np.asarray(logits) + SHIFT)
+"""
+
+
+class _FakeTensor:
+    def __init__(self, array):
+        self.array = np.asarray(array)
+
+    def numpy(self):
+        return self.array
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e-2], ids=["agrees", "differs"])
+def test_validate_live_plumbing_with_a_stand_in_reference(tmp_path, monkeypatch, shift):
+    """The --validate-live path end to end, with stand-ins for torch and the reference checkout."""
+    import contextlib
+
+    (tmp_path / "repo" / "transformer").mkdir(parents=True)
+    (tmp_path / "repo" / "transformer" / "__init__.py").write_text("")
+    (tmp_path / "repo" / "transformer" / "attention.py").write_text("NUMBA_AVAILABLE = True\n")
+    (tmp_path / "repo" / "transformer" / "model.py").write_text(
+        _FAKE_REFERENCE.replace("SHIFT", repr(shift)))
+    torch = types.SimpleNamespace(manual_seed=lambda seed: None, from_numpy=_FakeTensor,
+                                  no_grad=contextlib.nullcontext)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    for name in ("transformer", "transformer.model", "transformer.attention"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    rc, lines = _run(FIXTURES / "D_v256" / "best_model.pt", tmp_path / "out",
+                     validate_live_repo=tmp_path / "repo")
+    for name in ("transformer", "transformer.model", "transformer.attention"):
+        sys.modules.pop(name, None)
+    assert any(line.startswith("--validate-live: running the PyTorch reference") for line in lines)
+    match = STATUS.match(lines[-1])
+    assert match and match.group(2) == ("pass" if shift == 0 else "fail"), lines[-3:]
+    assert rc == (0 if shift == 0 else 1)

@@ -29,7 +29,7 @@ def group_frames(phi, d, kind, basis="e3nn"):
     bc = lambda x: jnp.broadcast_to(x[:, :, None], (B, N, H, d, d))  # noqa: E731
     lad = None
     if kind == "taylor4":
-        lad = jnp.broadcast_to(taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), d)[:, :, None], (B, N, H))
+        lad = jnp.broadcast_to(taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), (d - 1) // 2)[:, :, None], (B, N, H))
     return bc(e), bc(f), lad
 
 
