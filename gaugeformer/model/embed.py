@@ -7,6 +7,7 @@ from flax import nnx
 from gaugeformer.config import ModelConfig
 from gaugeformer.model.common import Buffer, head_generators
 from gaugeformer.ops import blocks
+from gaugeformer.ops.small import mm, mv
 from gaugeformer.ops.transport import algebra_to_matrix, expm
 
 _INIT_STD = 0.02  # the reference re-initialises every nn.Embedding / nn.Linear to N(0, 0.02²)
@@ -46,8 +47,8 @@ class GaugeTokenEmbedding(nnx.Module):
             mu0 = blocks.split_mu(self.base_mu[...], layout)  # [H,D]
             s0 = blocks.split_variances(jnp.exp(self.base_log_sigma_diag[...]), layout)
             rot = expm(algebra_to_matrix(phi, head_generators(cfg)))  # [B,N,H,D,D]
-            mu = blocks.merge_mu(jnp.einsum("bnhkl,hl->bnhk", rot, mu0), layout)
-            sigmas = jnp.einsum("bnhkl,hl,bnhml->bnhkm", rot, s0, rot)
+            mu = blocks.merge_mu(mv(rot, mu0), layout)
+            sigmas = mm(rot * s0[..., None, :], jnp.swapaxes(rot, -1, -2))
         else:
             mu = self.mu_embed[...][tokens]
             log_sigma = self.log_sigma_diag[...]

@@ -25,6 +25,7 @@ from jax.scipy.linalg import solve_triangular
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops import small as sm
 
 MaskPattern = Literal["full", "local", "strided"]
 
@@ -75,24 +76,23 @@ def kl_factorized(
     small when all beliefs are close (the trained regime, KL ~ 1e-3).
     """
     d = mu.shape[-1]
-    ft = jnp.swapaxes(f, -1, -2)
     # key side
-    s = f @ sigma @ ft  # [B,M,h,d,d]
+    s = sm.sandwich(f, sigma)  # [B,M,h,d,d]
     chol_s = jnp.linalg.cholesky(gs.add_eye(s, eps))
     p = gs.spd_inverse(chol_s)
     ld_key = gs.chol_logdet(chol_s, eps_log)  # [B,M,h]
-    b = jnp.einsum("bmhkl,bmhl->bmhk", f, mu)
+    b = sm.mv(f, mu)
     # query side
     q = gs.add_eye(sigma, eps)
     ld_query = gs.chol_logdet(jnp.linalg.cholesky(q), eps_log)  # [B,N,h]
     einv = f if e_logabsdet is None else jnp.linalg.inv(e)
-    a = jnp.einsum("bnhkl,bnhl->bnhk", einv, mu)
-    sigma_hat = einv @ q @ jnp.swapaxes(einv, -1, -2)
+    a = sm.mv(einv, mu)
+    sigma_hat = sm.sandwich(einv, q)
     # expanded Mahalanobis term, centred on the first key (visible to every query, so causality holds
     # exactly; a constant for autodiff, the value does not depend on it)
     c = jax.lax.stop_gradient(b[:, :1])
     a, b = a - c, b - c
-    pb = jnp.einsum("bmhkl,bmhl->bmhk", p, b)
+    pb = sm.mv(p, b)
     quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], p)
     cross = jnp.einsum("bnhk,bmhk->bhnm", a, pb)
     quad_b = jnp.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
@@ -133,7 +133,7 @@ def transported_variances(
     sigma: Float[Array, "B M h d"], e: Float[Array, "B N h d d"], f: Float[Array, "B M h d d"]
 ) -> Float[Array, "B h N M d"]:
     """``diag(Ω_ij diag(σ_j) Ω_ijᵀ)`` for every pair, as ``diag(E_i S_j E_iᵀ)`` (no Ω materialised)."""
-    s = jnp.einsum("bmhkl,bmhl,bmhpl->bmhkp", f, sigma, f)
+    s = sm.mm(f * sigma[..., None, :], sm.t(f))
     return jnp.einsum("bnhkx,bnhky,bmhxy->bhnmk", e, e, s)
 
 
@@ -147,7 +147,7 @@ def kl_diagonal(
     """Diagonal-covariance KL (ref-architecture §4.2, diagonal path): returns ``(KL, μ̃, σ̃)``."""
     var = jnp.maximum(var, floor)
     var_t = jnp.maximum(transported_variances(var, e, f), floor)
-    b = jnp.einsum("bmhkl,bmhl->bmhk", f, mu)
+    b = sm.mv(f, mu)
     mu_t = jnp.einsum("bnhkl,bmhl->bhnmk", e, b)
     var_i = var.transpose(0, 2, 1, 3)[:, :, :, None, :]
     mu_i = mu.transpose(0, 2, 1, 3)[:, :, :, None, :]
@@ -210,12 +210,12 @@ def aggregate_factorized(
     (``b_j - c`` with ``c`` the first key, which every query sees), so large common means do not cancel.  The row sum ``r_i = Σ_j β_ij``
     (``1 + #masked·floor`` in the reference) is accounted for exactly.
     """
-    b = jnp.einsum("bmhkl,bmhl->bmhk", f, mu)
+    b = sm.mv(f, mu)
     beta_b = jnp.einsum("bhnm,bmhk->bnhk", beta, b)
-    mean = jnp.einsum("bnhkl,bnhl->bnhk", e, beta_b)
+    mean = sm.mv(e, beta_b)
     if sigma is None:
         return mean, None
-    s = f @ sigma @ jnp.swapaxes(f, -1, -2)
+    s = sm.sandwich(f, sigma)
     c = jax.lax.stop_gradient(b[:, :1])
     bc = b - c
     r = jnp.sum(beta, axis=-1).transpose(0, 2, 1)[..., None, None]  # [B,N,h,1,1]
@@ -225,7 +225,7 @@ def aggregate_factorized(
         - u[..., :, None] * u[..., None, :] / r
         + (1.0 - r) / r * beta_b[..., :, None] * beta_b[..., None, :]
     )
-    cov = e @ inner @ jnp.swapaxes(e, -1, -2)
+    cov = sm.sandwich(e, inner)
     return mean, cov
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from gaugeformer.axes import Array, Float
+from gaugeformer.ops.small import mm
 
 
 def add_eye(a: Float[Array, "*b d d"], eps: float) -> Float[Array, "*b d d"]:
@@ -28,7 +29,7 @@ def spd_inverse(chol: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
     """``(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹`` by one triangular solve."""
     eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
     linv = solve_triangular(chol, eye, lower=True)
-    return jnp.swapaxes(linv, -1, -2) @ linv
+    return mm(jnp.swapaxes(linv, -1, -2), linv)
 
 
 def sym(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gaugeformer.axes import Array, Float
+from gaugeformer.ops.small import mm
 
 Exponential = Literal["taylor4", "exact"]
 
@@ -37,7 +38,7 @@ def taylor4(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:
     eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
     r, t = eye, eye
     for n in range(1, 5):
-        t = (t @ a) / n
+        t = mm(t, a) / n
         r = r + t
     return r
 
@@ -54,9 +55,9 @@ def expm(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:
     scaled = a * jnp.exp2(-s)[..., None, None]
     eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
     # Horner: I + A/1 (I + A/2 (I + ...)); loops keep the compiled graph small (they lower to scans)
-    x = jax.lax.fori_loop(0, _TAYLOR_DEGREE, lambda i, x: eye + (scaled @ x) / (_TAYLOR_DEGREE - i), eye)
+    x = jax.lax.fori_loop(0, _TAYLOR_DEGREE, lambda i, x: eye + mm(scaled, x) / (_TAYLOR_DEGREE - i), eye)
     sq = s[..., None, None]
-    return jax.lax.fori_loop(0, _MAX_SQUARINGS, lambda k, x: jnp.where(k < sq, x @ x, x), x)
+    return jax.lax.fori_loop(0, _MAX_SQUARINGS, lambda k, x: jnp.where(k < sq, mm(x, x), x), x)
 
 
 def exponential(a: Float[Array, "*batch d d"], kind: Exponential) -> Float[Array, "*batch d d"]:

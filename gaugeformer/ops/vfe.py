@@ -22,6 +22,7 @@ import numpy as np
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops import small as sm
 from gaugeformer.ops.attention import attention_logits, attention_weights
 
 _RIDGE_LADDER = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1)
@@ -96,9 +97,9 @@ def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     inv = gs.spd_inverse(chol)
     return _Pulled(
         r=r,
-        a=jnp.einsum("bnhlk,bnhl->bnhk", r, mu),
-        sig=rt @ sigma @ r,
-        p=rt @ inv @ r,
+        a=sm.mtv(r, mu),
+        sig=sm.mm(sm.mm(rt, sigma), r),
+        p=sm.mm(sm.mm(rt, inv), r),
         inv=inv,
         ld=gs.chol_logdet(chol, eps_log),
         ok=ok,
@@ -124,7 +125,7 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
     d = tq.a.shape[-1]
     c = _centre(tk)
     a, b = tq.a - c, tk.a - c
-    pb = jnp.einsum("bmhkl,bmhl->bmhk", tk.p, b)
+    pb = sm.mv(tk.p, b)
     quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
     cross = jnp.einsum("bnhk,bmhk->bhnm", a, pb)
     quad_b = jnp.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
@@ -171,9 +172,9 @@ def _weighted_g(t: _Pulled, w: Float[Array, "B N M"], c) -> tuple[Array, Array]:
     """``Σ_j w_ij g_ij = R_i [(Σ_j w_ij P̌_j) â_i - Σ_j w_ij P̌_j b̌_j]`` (centred on ``c``), and ``Σ_j w P̌``."""
     a = t.a - c
     wp = jnp.einsum("bnm,bmhkl->bnhkl", w, t.p)
-    wpb = jnp.einsum("bnm,bmhk->bnhk", w, jnp.einsum("bmhkl,bmhl->bmhk", t.p, a))
-    inner = jnp.einsum("bnhkl,bnhl->bnhk", wp, a) - wpb
-    return jnp.einsum("bnhkl,bnhl->bnhk", t.r, inner), wp
+    wpb = jnp.einsum("bnm,bmhk->bnhk", w, sm.mv(t.p, a))
+    inner = sm.mv(wp, a) - wpb
+    return sm.mv(t.r, inner), wp
 
 
 def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid: np.ndarray,
@@ -195,14 +196,14 @@ def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid
     g_w, _ = _weighted_g(t, w, c)
     coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
     inv_p = gs.spd_inverse(jnp.linalg.cholesky(gs.add_eye(sigma_p, hp.eps)))
-    g_self = hp.alpha * jnp.einsum("bnhkl,bnhl->bnhk", inv_p, mu - mu_p)
+    g_self = hp.alpha * sm.mv(inv_p, mu - mu_p)
     h_self = 0.5 * hp.alpha * (inv_p - t.inv)
-    h_align = 0.5 * hp.lam * (t.r @ beta_p @ jnp.swapaxes(t.r, -1, -2) - row_beta * t.inv)
+    h_align = 0.5 * hp.lam * (sm.sandwich(t.r, beta_p) - row_beta * t.inv)
     g_mu = jnp.clip(g_self + hp.lam * g_bar + hp.coupling_sign * coup, -hp.grad_clip, hp.grad_clip)
     g_sig = jnp.clip(h_self + h_align, -hp.grad_clip, hp.grad_clip)
 
     # "natural" gradient and the whitened μ trust region (all K channels of a token together)
-    delta = -lr * jnp.einsum("bnhkl,bnhl->bnhk", sigma, g_mu)
+    delta = -lr * sm.mv(sigma, g_mu)
     diag = jnp.diagonal(sigma, axis1=-2, axis2=-1)
     wnorm2 = jnp.sum((delta / jnp.sqrt(jnp.maximum(diag, hp.eps))) ** 2, axis=(-2, -1))
     scale = jnp.minimum(1.0, hp.mu_trust / (jnp.sqrt(wnorm2) + hp.eps))[..., None, None]

@@ -1,0 +1,145 @@
+"""Benchmarks: compile time, forward / train-step throughput, diagnostics time, peak memory, N-sweeps.
+
+Each measurement point runs in a fresh subprocess so peak RSS (``ru_maxrss``) belongs to that point alone;
+times are medians of repeated runs after warm-up, with ``block_until_ready``.  Results are JSON rows and a
+markdown table (``scripts/bench.py``).
+"""
+
+import dataclasses
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Point:
+    config: str
+    batch: int
+    seq_len: int
+    vocab: int | None = None
+    repeats: int = 5
+    diagnostics: bool = True
+    train: bool = True
+
+
+def _median_time(fn, repeats: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn())  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(point: Point) -> dict:
+    """Run every measurement for one (config, batch, seq_len) in this process."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gaugeformer.loss import free_energy_loss
+    from gaugeformer.model.lm import GaugeTransformerLM
+    from gaugeformer.train.config import load_run_config
+    from gaugeformer.train.optim import OptimConfig, make_optimizer
+
+    overrides = [f"model.max_seq_len={max(point.seq_len, 8)}", f"data.seq_len={point.seq_len}"]
+    if point.vocab:
+        overrides.append(f"data.vocab_size={point.vocab}")
+    cfg = load_run_config(point.config, overrides).model
+    b, n, v, k = point.batch, point.seq_len, cfg.vocab_size, cfg.embed_dim
+    tokens = jax.random.randint(jax.random.key(0), (b, n), 0, v)
+    targets = jnp.roll(tokens, -1, axis=1)
+    model = GaugeTransformerLM(cfg, rngs=nnx.Rngs(0))
+    row = dict(config=point.config, batch=b, seq_len=n, vocab=v, embed_dim=k, heads=cfg.n_heads,
+               layers=cfg.n_layers, device=jax.devices()[0].device_kind, backend=jax.default_backend())
+
+    fwd = nnx.jit(lambda m, t: m(t))
+    t0 = time.perf_counter()
+    jax.block_until_ready(fwd(model, tokens))
+    row["compile_forward_s"] = time.perf_counter() - t0
+    row["forward_s"] = _median_time(lambda: fwd(model, tokens), point.repeats)
+    row["forward_tok_s"] = b * n / row["forward_s"]
+
+    mu = jax.random.normal(jax.random.key(1), (b * n, k))
+    w = model.output_weight
+    gemm = jax.jit(lambda a, w: a @ w.T)
+    row["output_gemm_s"] = _median_time(lambda: gemm(mu, w), point.repeats)
+    row["forward_over_gemm"] = row["forward_s"] / row["output_gemm_s"]
+    row["gemm_gflops"] = 2 * b * n * k * v / row["output_gemm_s"] / 1e9
+
+    if point.train:
+        optimizer = nnx.Optimizer(model, make_optimizer(OptimConfig()), wrt=nnx.Param)
+
+        @nnx.jit(donate_argnames=("model", "optimizer"))
+        def step(model, optimizer, x, y):
+            (loss, _), grads = nnx.value_and_grad(lambda m: free_energy_loss(m, x, y), has_aux=True)(model)
+            optimizer.update(model, grads)
+            return loss
+
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(model, optimizer, tokens, targets))
+        row["compile_train_s"] = time.perf_counter() - t0
+        row["train_step_s"] = _median_time(lambda: step(model, optimizer, tokens, targets), point.repeats)
+        row["train_tok_s"] = b * n / row["train_step_s"]
+
+    if point.diagnostics:
+        from diagnostics.metrics import all_metrics
+
+        from gaugeformer.model.lm import run_with_cache
+        from gaugeformer.model.sow import ATTENTION_ONLY
+
+        cap = nnx.jit(lambda m, t: run_with_cache(m, t, sow=ATTENTION_ONLY)[1])
+        cache = cap(model, tokens)
+        beta = jnp.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(cfg.n_layers)])
+        kl = jnp.stack([cache[f"blocks.{i}.attn.hook_kl"] for i in range(cfg.n_layers)])
+        row["diagnostics_s"] = _median_time(lambda: all_metrics(beta, kl, tokens=tokens), point.repeats)
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if jax.default_backend() != "cpu":
+        stats = jax.devices()[0].memory_stats() or {}
+        row["peak_device_mb"] = stats.get("peak_bytes_in_use", 0) / 2**20
+    return row
+
+
+def run_point(point: Point, timeout: float = 1800) -> dict:
+    """Measure ``point`` in a subprocess; a crash or OOM becomes ``{"error": ...}``."""
+    cmd = [sys.executable, "-m", "gaugeformer.bench", json.dumps(dataclasses.asdict(point))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[len("RESULT"):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return dict(dataclasses.asdict(point), error=" | ".join(tail) or f"exit {proc.returncode}")
+
+
+def growth_exponent(xs, ys) -> float:
+    """Least-squares slope of log y against log x."""
+    x, y = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    return float(np.polyfit(x, y, 1)[0]) if len(x) > 1 else math.nan
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = [("config", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("vocab", "{}"),
+            ("compile_forward_s", "{:.1f}"), ("compile_train_s", "{:.1f}"), ("forward_tok_s", "{:,.0f}"),
+            ("train_tok_s", "{:,.0f}"), ("forward_over_gemm", "{:.1f}"), ("diagnostics_s", "{:.3f}"),
+            ("peak_rss_mb", "{:,.0f}")]
+    head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['batch']} | {r['seq_len']} | — | failed: {r['error'][:80]} |")
+            continue
+        lines.append("| " + " | ".join(fmt.format(r[c]) if c in r else "—" for c, fmt in cols) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print("RESULT" + json.dumps(measure(Point(**json.loads(sys.argv[1])))))
