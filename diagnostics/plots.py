@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -797,7 +798,9 @@ def plot_head_heatmap(
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("log\u2081\u2080 \u03b2\u1d62\u2c7c" if log_scale else "\u03b2\u1d62\u2c7c")
     if caption:
-        lines = _caption_lines(_with_preview(caption, tokens), n)
+        width = max(40, int(fig.get_figwidth() * 14))  # characters that fit at fontsize 8
+        lines = [part for line in _caption_lines(_with_preview(caption, tokens), n)
+                 for part in textwrap.wrap(line, width)]
         fig.suptitle("\n".join(lines), fontsize=8, x=0.01, ha="left")
     return _save(fig, out, dpi, stats={"row_std": std})
 
