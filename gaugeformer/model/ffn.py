@@ -34,7 +34,8 @@ class VariationalFFN(nnx.Module):
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
-        self.lr = nnx.Param(jnp.asarray(0.1)) if cfg.ffn_learnable_lr else Buffer(jnp.asarray(0.1))
+        lr = jnp.asarray(0.1, jnp.float32)  # strongly typed: native and converted models share compiles
+        self.lr = nnx.Param(lr) if cfg.ffn_learnable_lr else Buffer(lr)
 
     def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, beta_override=None,
                  sow: SowConfig = ALL):
