@@ -2,9 +2,9 @@
 
 A run file has five sections that mirror :class:`RunConfig`::
 
-    model: {embed_dim: 11, irreps: "3x0e+1x1e+1x2e", n_layers: 1, kappa_beta: 1.0, ...}  # ModelConfig
+    model: {embed_dim: 11, irreps: "3x0e+1x1e+1x2e", n_layers: 1, kappa_beta: 1.0}  # ModelConfig
     data:  {dataset: embedded, tokenizer: gpt2, vocab_size: 2048, seq_len: 64, batch_size: 16}
-    optim: {mu_lr: 0.2, phi_lr: 0.05, ffn_lr: 0.2, warmup_steps: 25}                      # OptimConfig
+    optim: {mu_lr: 0.2, phi_lr: 0.05, ffn_lr: 0.2, warmup_steps: 25}                  # OptimConfig
     train: {steps: 300, eval_every: 100, checkpoint_every: 100}
     log:   {log_every: 10, attention_figures: true}
 
@@ -116,13 +116,16 @@ class TrainConfig:
       lambda_beta: belief-alignment weight λ_β (the reference's ``beta``).
       alpha: self-consistency weight (``None``: ``model.alpha``, as the reference shares it).
       eval_every: evaluate (whole validation split) every this many steps, and at the end.
+      eval_at_start: also evaluate the initial model (step 0) of a fresh run.
       checkpoint_every: save every this many steps, at the end and on Ctrl-C.
       keep_checkpoints: latest checkpoints kept under ``checkpoints/``.
       keep_best: also keep the best evaluation in ``best/``.
       best_metric: ``eval/ce`` or ``eval/loss_total`` (lower is better).
       async_checkpointing: write checkpoints in a background thread.
       distributed: call ``jax.distributed.initialize()`` first (multi-host; see README).
-      stop_on_nonfinite: stop at the first NaN/inf in the loss or a gradient.
+      stop_on_nonfinite: stop at the first NaN/inf in the loss, a gradient or an activation.
+      init_from: checkpoint (run dir, ``checkpoints/`` or a step dir; e.g. a converted reference
+        checkpoint) that a fresh run starts from: params, and optimizer state and step if stored.
     """
 
     steps: int = 300
@@ -130,6 +133,7 @@ class TrainConfig:
     lambda_beta: float = 1.0
     alpha: float | None = None
     eval_every: int = 100
+    eval_at_start: bool = False
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     keep_best: bool = True
@@ -137,6 +141,7 @@ class TrainConfig:
     async_checkpointing: bool = True
     distributed: bool = False
     stop_on_nonfinite: bool = True
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints"):
@@ -183,10 +188,10 @@ class RunConfig:
     """Everything one training run needs (see the module docstring for the YAML layout)."""
 
     model: ModelConfig
-    data: DataConfig = DataConfig()
-    optim: OptimConfig = OptimConfig()
-    train: TrainConfig = TrainConfig()
-    log: LogConfig = LogConfig()
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
     def __post_init__(self):
         if self.data.seq_len > self.model.max_seq_len:
@@ -254,7 +259,8 @@ def parse_override(item: str) -> tuple[str, str, Any]:
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(
-            f"override {item!r}: the key must be section.key with a section in {list(SECTION_TYPES)}"
+            f"override {item!r}: the key must be section.key, the section one of "
+            f"{list(SECTION_TYPES)}"
         )
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
