@@ -46,21 +46,14 @@ class CheckpointLoadError(ValueError):
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    from gaugeformer.convert.convert import ConversionError, read_config_file
+
     if not path.is_file():
         raise CheckpointLoadError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CheckpointLoadError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointLoadError(f"{path}: a config file must hold a mapping")
-    return data
+    try:
+        return read_config_file(path)
+    except ConversionError as exc:
+        raise CheckpointLoadError(str(exc)) from None
 
 
 def _vocab_from_weights(state_dict: dict | None) -> int | None:

@@ -159,7 +159,7 @@ def _safetensors_config(path: Path, metadata: dict[str, str]) -> tuple[str, dict
                 return f"safetensors metadata {key!r}", value
     for side in (path.with_suffix(".json"), path.with_name(path.stem + ".config.json")):
         if side.is_file():
-            return f"sidecar {side.name}", _read_config_file(side)
+            return f"sidecar {side.name}", read_config_file(side)
     return None
 
 
@@ -211,7 +211,7 @@ class RecoveredConfig:
     reference: dict | None = None
 
 
-def _read_config_file(path: Path) -> dict:
+def read_config_file(path: Path) -> dict:
     text = Path(path).read_text()
     if Path(path).suffix in (".yaml", ".yml"):
         import yaml
@@ -428,7 +428,7 @@ def recover_config(parts: CheckpointParts, config_file: str | os.PathLike | None
     """The model config of a checkpoint, in the order of the module docstring (step 2)."""
     sd = parts.state_dict
     if config_file is not None:
-        return config_from_dict(_read_config_file(Path(config_file)), sd, f"--config {config_file}")
+        return config_from_dict(read_config_file(Path(config_file)), sd, f"--config {config_file}")
     if parts.embedded_config is not None:
         source, d = parts.embedded_config
         if parts.kind == "torch.save":
@@ -436,10 +436,10 @@ def recover_config(parts: CheckpointParts, config_file: str | os.PathLike | None
         return config_from_dict(d, sd, source)
     here = parts.path.parent
     if (here / "model_config.json").is_file():
-        return config_from_dict(_read_config_file(here / "model_config.json"), sd,
+        return config_from_dict(read_config_file(here / "model_config.json"), sd,
                                 "model_config.json beside the checkpoint")
     if (here / "experiment_config.json").is_file():
-        d = _read_config_file(here / "experiment_config.json")
+        d = read_config_file(here / "experiment_config.json")
         if isinstance(d.get("config"), dict):
             return _from_experiment(d["config"], sd, "experiment_config.json beside the checkpoint")
     return infer_config(sd, parts.training_config)
