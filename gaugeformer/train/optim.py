@@ -81,7 +81,7 @@ def torch_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """``clip_grad_norm_``: scale by ``min(1, max_norm / (‖g‖ + 1e-6))``."""
 
     def update(updates, state, params=None):
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: g * coef, updates), state
 
