@@ -73,13 +73,6 @@ def split_variances(var: Float[Array, "*b K"], layout: HeadLayout) -> Float[Arra
     return ext[..., p.index]
 
 
-def split_sigma(sigma: Float[Array, "*b K K"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
-    p = padding(layout)
-    blocks = sigma[..., np.minimum(p.index, layout.embed_dim - 1)[:, :, None],
-                   np.minimum(p.index, layout.embed_dim - 1)[:, None, :]]
-    return impose(blocks, layout)
-
-
 @functools.cache
 def _scatter_tables(layout: HeadLayout):
     p = padding(layout)

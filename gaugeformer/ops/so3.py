@@ -16,7 +16,6 @@ one-dimensional null space of the intertwining equations), never hard-codes.
 
 import dataclasses
 import functools
-import re
 
 import e3nn_jax as e3nn
 import numpy as np
@@ -224,14 +223,3 @@ def block_change_of_basis(layout: HeadLayout) -> np.ndarray:
     for off, d in zip(layout.offsets, layout.dims):
         out[off : off + d, off : off + d] = change_of_basis(d)
     return out
-
-
-_LABEL_RE = re.compile(r"^ℓ(\d+)")
-
-
-def label_l(label: str) -> int:
-    """``"ℓ2" -> 2``; ``"ℓ0_pad" -> 0``."""
-    m = _LABEL_RE.match(label)
-    if not m:
-        raise ValueError(f"not an irrep label: {label!r}")
-    return int(m.group(1))
