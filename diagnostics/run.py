@@ -306,13 +306,9 @@ def _strong_types(model: Any) -> None:
 def model_mask(cfg: Any, n: int) -> np.ndarray:
     """The model's key-validity mask ``[N, N]``: its causal pattern, the diagonal cleared (except
     in rows with no other key) when ``mask_self_attention``."""
-    from gaugeformer.ops.attention import causal_mask
+    from gaugeformer.ops.masks import valid_keys
 
-    mask = np.asarray(causal_mask(n, cfg.attention_pattern, cfg.attention_window), bool)
-    if cfg.mask_self_attention:
-        rows = mask.sum(-1, keepdims=True) > 1
-        mask = mask & ~(np.eye(n, dtype=bool) & rows)
-    return mask
+    return valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -595,11 +591,11 @@ def ablation_study(model: Any, tokens: np.ndarray, *, learned_logits: np.ndarray
 # ------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("alibi", "mask_self", "floor"))
-def _resoftmax(kl, kappa, mask, *, alibi, mask_self, floor):
+@functools.partial(jax.jit, static_argnames=("alibi", "floor"))
+def _resoftmax(kl, kappa, mask, *, alibi, floor):
     from gaugeformer.ops.attention import attention_logits, attention_weights
 
-    return attention_weights(attention_logits(kl, kappa, mask, alibi, mask_self), floor)
+    return attention_weights(attention_logits(kl, kappa, mask, alibi), floor)
 
 
 def attention_kappa_sweep(cfg: Any, kl: np.ndarray, kappas: Sequence[float], *,
@@ -614,8 +610,8 @@ def attention_kappa_sweep(cfg: Any, kl: np.ndarray, kappas: Sequence[float], *,
     """
     n = kl.shape[-1]
     kw = {"alibi": float(cfg.alibi_slope) if cfg.alibi_slope else None,
-          "mask_self": bool(cfg.mask_self_attention), "floor": cfg.attention_floor}
-    kl_dev, mk = jnp.asarray(kl), causal_mask_of(cfg, n)
+          "floor": cfg.attention_floor}
+    kl_dev, mk = jnp.asarray(kl), model_mask(cfg, n)
 
     def beta_fn(kappa: float):
         return _resoftmax(kl_dev, jnp.float32(kappa), mk, **kw)
@@ -625,13 +621,6 @@ def attention_kappa_sweep(cfg: Any, kl: np.ndarray, kappas: Sequence[float], *,
     if beta is not None:
         err = float(np.max(np.abs(np.asarray(beta_fn(cfg.kappa_beta)) - np.asarray(beta))))
     return sweep, err
-
-
-def causal_mask_of(cfg: Any, n: int) -> np.ndarray:
-    """The model's causal pattern ``[N, N]`` before self-masking (what the logits are masked by)."""
-    from gaugeformer.ops.attention import causal_mask
-
-    return np.asarray(causal_mask(n, cfg.attention_pattern, cfg.attention_window), bool)
 
 
 def model_kappa_sweep(model: Any, tokens: np.ndarray, kappas: Sequence[float]) -> V.KappaSweep:

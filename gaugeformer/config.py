@@ -78,6 +78,7 @@ _CHOICES = {
     "attention_pattern": ("full", "local", "strided"),
     "ffn": ("vfe", "mlp"),
     "kl_impl": ("factorized", "direct"),
+    "logits_precision": ("highest", "default"),
     "phi_step_grad": ("all_pairs", "query_role"),
 }
 
@@ -118,6 +119,9 @@ class ModelConfig:
       phi_lr / phi_max_norm: the FFN's φ step.
       kl_eps: regulariser added to covariances in every KL.
       kl_impl: ``"factorized"`` (default, GEMM-based) or ``"direct"`` (per-pair reference formula; small N).
+      logits_precision: the output projection's matmul precision: ``"highest"`` (full float32 on every
+        backend, default) or ``"default"`` (the platform's: bf16 on TPU, TF32 on recent GPUs; faster).
+        Every other contraction is always full precision (:mod:`gaugeformer.ops.precision`).
       attention_transport, causal, logdet_eps_in_log, ffn_coupling_sign, train_forward, phi_step, so3_log,
         prior_includes_pos_embed, phi_step_grad: bug flags, see the module docstring.
     """
@@ -160,6 +164,7 @@ class ModelConfig:
     phi_max_norm: float = 3.14159
     kl_eps: float = 1e-6
     kl_impl: str = "factorized"
+    logits_precision: str = "highest"
     attention_transport: str | None = None
     causal: str | None = None
     logdet_eps_in_log: bool | None = None

@@ -40,7 +40,7 @@ class GaugeAttention(nnx.Module):
             kl = att.kl_direct(mus, sigmas, e, f, cfg.kl_eps, cfg.eps_log)
         else:
             kl = att.kl_factorized(mus, sigmas, e, f, lad, cfg.kl_eps, cfg.eps_log)
-        logits = att.attention_logits(kl, cfg.kappa_beta, mask, cfg.alibi_slope, cfg.mask_self_attention)
+        logits = att.attention_logits(kl, cfg.kappa_beta, mask, cfg.alibi_slope)
         beta = att.attention_weights(logits, cfg.attention_floor)
         if beta_override is not None:
             if beta_override.shape[-3:] != beta.shape[-3:]:

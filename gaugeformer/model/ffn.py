@@ -8,6 +8,7 @@ from gaugeformer.config import ModelConfig
 from gaugeformer.model.common import Buffer, head_generators
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import blocks, vfe
+from gaugeformer.ops.precision import matmul
 from gaugeformer.ops.transport import expm
 
 
@@ -22,7 +23,6 @@ def vfe_params(cfg: ModelConfig) -> vfe.VFEParams:
         beta_floor=cfg.ffn_floor,
         coupling_sign=1.0 if cfg.ffn_coupling_sign == "reference" else -1.0,
         update_sigma=cfg.ffn_update_sigma,
-        mask_self=cfg.mask_self_attention,
         phi_lr=cfg.phi_lr,
         phi_max_norm=cfg.phi_max_norm,
         phi_grad_query_role=cfg.phi_step_grad == "query_role",
@@ -88,7 +88,7 @@ class MLPFFN(nnx.Module):
 
     def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, beta_override=None,
                  sow: SowConfig = ALL):
-        hidden = jax.nn.gelu(mu @ self.fc1_weight[...].T + self.fc1_bias[...], approximate=False)
-        out = mu + hidden @ self.fc2_weight[...].T + self.fc2_bias[...]
+        hidden = jax.nn.gelu(matmul(mu, self.fc1_weight[...].T) + self.fc1_bias[...], approximate=False)
+        out = mu + matmul(hidden, self.fc2_weight[...].T) + self.fc2_bias[...]
         hook(self, "hook_mu_out", out, sow)
         return out, None, phi

@@ -12,7 +12,8 @@ from gaugeformer.model.common import Buffer, LayerNorm, maybe_norm
 from gaugeformer.model.embed import GaugeTokenEmbedding
 from gaugeformer.model.sow import ALL, SowConfig, flatten, hook
 from gaugeformer.ops import blocks
-from gaugeformer.ops.attention import causal_mask
+from gaugeformer.ops.masks import valid_keys
+from gaugeformer.ops.precision import logits_matmul
 from gaugeformer.ops.positional import compose, sinusoidal_table
 
 
@@ -97,7 +98,7 @@ class GaugeTransformerLM(nnx.Module):
         phi = compose(phi_tok, self.pos_phi[...][:n], cfg.pos_composition if cfg.pos_encoding_mode != "none"
                       else "none", cfg.so3_log)
         hook(self, "hook_phi_composed", phi, sow)
-        mask = causal_mask(n, cfg.attention_pattern, cfg.attention_window)
+        mask = valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
         force_last = training_forward and cfg.train_forward == "reference"
         beta = kl = None
         for layer, block in enumerate(self.blocks):
@@ -114,7 +115,7 @@ class GaugeTransformerLM(nnx.Module):
         hook(self, "hook_mu_final", mu, sow)
         if sigmas.ndim == 5:
             hook(self, "hook_sigma_final", blocks.merge_sigma(sigmas, cfg.layout), sow)
-        logits = mu @ self.output_weight.T
+        logits = logits_matmul(mu, self.output_weight, cfg.logits_precision)
         return logits, ForwardState(mu, sigmas, phi, mu_prior, sigma_prior, beta, kl)
 
 

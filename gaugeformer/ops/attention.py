@@ -16,8 +16,6 @@ Two implementations of the full-covariance KL exist, with one purpose each:
 * :func:`kl_direct` — the reference's per-pair formula, kept for tests at small N.
 """
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,35 +23,8 @@ from jax.scipy.linalg import solve_triangular
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
-
-MaskPattern = Literal["full", "local", "strided"]
-
-
-# ----------------------------------------------------------------------------------------------
-# masks
-# ----------------------------------------------------------------------------------------------
-
-
-def causal_mask(n: int, pattern: MaskPattern = "full", window: int = 24) -> np.ndarray:
-    """Boolean ``[N, N]`` mask, True where query i may attend key j (always causal).
-
-    * ``full``: ``j <= i``.
-    * ``local``: ``i - window//2 <= j <= i``.
-    * ``strided``: ``|i - j| <= 8`` or ``j % max(1, N // window) == 0``, intersected with ``j <= i``.
-    """
-    i = np.arange(n)[:, None]
-    j = np.arange(n)[None, :]
-    causal = j <= i
-    if pattern == "full":
-        return causal
-    if pattern == "local":
-        return causal & (j >= i - window // 2)
-    if pattern == "strided":
-        stride = max(1, n // window)
-        return causal & ((np.abs(i - j) <= 8) | (j % stride == 0))
-    raise ValueError(f"unknown attention_pattern {pattern!r}; expected 'full', 'local' or 'strided'")
-
 
 # ----------------------------------------------------------------------------------------------
 # KL
@@ -93,10 +64,10 @@ def kl_factorized(
     c = jax.lax.stop_gradient(b[:, :1])
     a, b = a - c, b - c
     pb = sm.mv(p, b)
-    quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], p)
-    cross = jnp.einsum("bnhk,bmhk->bhnm", a, pb)
-    quad_b = jnp.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
-    trace = jnp.einsum("bnhkl,bmhkl->bhnm", sigma_hat, p)
+    quad_a = pr.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], p)
+    cross = pr.einsum("bnhk,bmhk->bhnm", a, pb)
+    quad_b = pr.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
+    trace = pr.einsum("bnhkl,bmhkl->bhnm", sigma_hat, p)
     logdet = ld_key.transpose(0, 2, 1)[:, :, None, :] - ld_query.transpose(0, 2, 1)[..., None]
     if e_logabsdet is not None:
         logdet = logdet + 2.0 * e_logabsdet.transpose(0, 2, 1)[..., None]
@@ -114,9 +85,9 @@ def kl_direct(
 ) -> Float[Array, "B h N M"]:
     """The reference's per-pair KL (ref-architecture §4.2): materialises Ω_ij and a Cholesky per pair."""
     d = mu.shape[-1]
-    omega = jnp.einsum("bnhkl,bmhlp->bhnmkp", e, f)
-    mu_t = jnp.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
-    sig_t = jnp.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
+    omega = pr.einsum("bnhkl,bmhlp->bhnmkp", e, f)
+    mu_t = pr.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
+    sig_t = pr.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
     chol_a = jnp.linalg.cholesky(gs.add_eye(sig_t, eps))
     chol_q = jnp.linalg.cholesky(gs.add_eye(sigma, eps)).transpose(0, 2, 1, 3, 4)[:, :, :, None]
     chol_q = jnp.broadcast_to(chol_q, chol_a.shape)
@@ -134,7 +105,7 @@ def transported_variances(
 ) -> Float[Array, "B h N M d"]:
     """``diag(Ω_ij diag(σ_j) Ω_ijᵀ)`` for every pair, as ``diag(E_i S_j E_iᵀ)`` (no Ω materialised)."""
     s = sm.mm(f * sigma[..., None, :], sm.t(f))
-    return jnp.einsum("bnhkx,bnhky,bmhxy->bhnmk", e, e, s)
+    return pr.einsum("bnhkx,bnhky,bmhxy->bhnmk", e, e, s)
 
 
 def kl_diagonal(
@@ -148,7 +119,7 @@ def kl_diagonal(
     var = jnp.maximum(var, floor)
     var_t = jnp.maximum(transported_variances(var, e, f), floor)
     b = sm.mv(f, mu)
-    mu_t = jnp.einsum("bnhkl,bmhl->bhnmk", e, b)
+    mu_t = pr.einsum("bnhkl,bmhl->bhnmk", e, b)
     var_i = var.transpose(0, 2, 1, 3)[:, :, :, None, :]
     mu_i = mu.transpose(0, 2, 1, 3)[:, :, :, None, :]
     kl = 0.5 * jnp.sum(
@@ -167,21 +138,14 @@ def attention_logits(
     kappa: float,
     mask: Bool[Array, "N M"],
     alibi_slope: float | None = None,
-    mask_self: bool = False,
 ) -> Float[Array, "B h N M"]:
-    """``-KL/κ (+ slope·(i - j))``, ``-inf`` where masked; optionally ``-inf`` on the diagonal of every row
-    that keeps another finite key (row 0 keeps its self-key, as in the reference)."""
+    """``-KL/κ (+ slope·(i - j))``, ``-inf`` where ``mask`` (see :mod:`gaugeformer.ops.masks`) is False."""
     logits = -kl / kappa
     n, m = mask.shape
     if alibi_slope:
         rel = np.arange(n)[:, None] - np.arange(m)[None, :]
         logits = logits + alibi_slope * rel.astype(np.float32)
-    allowed = jnp.asarray(mask)
-    if mask_self:
-        eye = np.eye(n, m, dtype=bool)
-        allowed_rows = allowed.sum(-1, keepdims=True) > 1
-        allowed = allowed & ~(eye & allowed_rows)
-    return jnp.where(allowed, logits, -jnp.inf)
+    return jnp.where(jnp.asarray(mask), logits, -jnp.inf)
 
 
 def attention_weights(logits: Float[Array, "B h N M"], floor: float | None) -> Float[Array, "B h N M"]:
@@ -211,7 +175,7 @@ def aggregate_factorized(
     (``1 + #masked·floor`` in the reference) is accounted for exactly.
     """
     b = sm.mv(f, mu)
-    beta_b = jnp.einsum("bhnm,bmhk->bnhk", beta, b)
+    beta_b = pr.einsum("bhnm,bmhk->bnhk", beta, b)
     mean = sm.mv(e, beta_b)
     if sigma is None:
         return mean, None
@@ -219,9 +183,9 @@ def aggregate_factorized(
     c = jax.lax.stop_gradient(b[:, :1])
     bc = b - c
     r = jnp.sum(beta, axis=-1).transpose(0, 2, 1)[..., None, None]  # [B,N,h,1,1]
-    u = jnp.einsum("bhnm,bmhk->bnhk", beta, bc)
+    u = pr.einsum("bhnm,bmhk->bnhk", beta, bc)
     inner = (
-        jnp.einsum("bhnm,bmhkl->bnhkl", beta, s + bc[..., :, None] * bc[..., None, :])
+        pr.einsum("bhnm,bmhkl->bnhkl", beta, s + bc[..., :, None] * bc[..., None, :])
         - u[..., :, None] * u[..., None, :] / r
         + (1.0 - r) / r * beta_b[..., :, None] * beta_b[..., None, :]
     )
@@ -237,13 +201,13 @@ def aggregate_direct(
     f: Float[Array, "B M h d d"],
 ) -> tuple[Float[Array, "B N h d"], Float[Array, "B N h d d"] | None]:
     """The reference's per-pair aggregation (ref-architecture §5), for tests."""
-    omega = jnp.einsum("bnhkl,bmhlp->bhnmkp", e, f)
-    mu_t = jnp.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
-    mean = jnp.einsum("bhnm,bhnmk->bnhk", beta, mu_t)
+    omega = pr.einsum("bnhkl,bmhlp->bhnmkp", e, f)
+    mu_t = pr.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
+    mean = pr.einsum("bhnm,bhnmk->bnhk", beta, mu_t)
     if sigma is None:
         return mean, None
-    sig_t = jnp.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
-    second = jnp.einsum("bhnm,bhnmkl->bnhkl", beta, sig_t + mu_t[..., :, None] * mu_t[..., None, :])
+    sig_t = pr.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
+    second = pr.einsum("bhnm,bhnmkl->bnhkl", beta, sig_t + mu_t[..., :, None] * mu_t[..., None, :])
     return mean, second - mean[..., :, None] * mean[..., None, :]
 
 
@@ -251,6 +215,6 @@ def aggregate_diagonal(
     beta: Float[Array, "B h N M"], mu_t: Float[Array, "B h N M d"], var_t: Float[Array, "B h N M d"]
 ) -> tuple[Float[Array, "B N h d"], Float[Array, "B N h d"]]:
     """Diagonal variant: ``m = Σ β μ̃`` and ``s = Σ β (σ̃ + μ̃²) - m²``."""
-    mean = jnp.einsum("bhnm,bhnmk->bnhk", beta, mu_t)
-    second = jnp.einsum("bhnm,bhnmk->bnhk", beta, var_t + mu_t**2)
+    mean = pr.einsum("bhnm,bhnmk->bnhk", beta, mu_t)
+    second = pr.einsum("bhnm,bhnmk->bnhk", beta, var_t + mu_t**2)
     return mean, second - mean**2

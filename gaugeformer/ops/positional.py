@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gaugeformer.axes import Array, Float
+from gaugeformer.ops.precision import matmul
 from gaugeformer.ops.transport import expm
 
 Composition = Literal["none", "add", "exact"]
@@ -73,6 +74,6 @@ def compose(
     if mode == "add":
         return phi + phi_pos
     if mode == "exact":
-        rot = expm(hat(phi)) @ expm(hat(phi_pos))[None]
+        rot = matmul(expm(hat(phi)), expm(hat(phi_pos))[None])
         return so3_log(rot, log_map)
     raise ValueError(f"unknown composition {mode!r}; expected 'none', 'add' or 'exact'")

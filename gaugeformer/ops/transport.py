@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gaugeformer.axes import Array, Float
+from gaugeformer.ops import precision as pr
 from gaugeformer.ops.small import mm
 
 Exponential = Literal["taylor4", "exact"]
@@ -29,8 +30,8 @@ _MAX_SQUARINGS = 12  # handles ||A||_F up to 2**12 without loss; beyond that exp
 def algebra_to_matrix(phi: Float[Array, "*batch 3"], gens: Float[Array, "*g 3 d d"]) -> Array:
     """``φ·G = Σ_a φ_a G_a``.  With per-head generators ``[H, 3, D, D]`` the result is ``[*batch, H, D, D]``."""
     if gens.ndim == 3:
-        return jnp.einsum("...a,aij->...ij", phi, gens)
-    return jnp.einsum("...a,haij->...hij", phi, gens)
+        return pr.einsum("...a,aij->...ij", phi, gens)
+    return pr.einsum("...a,haij->...hij", phi, gens)
 
 
 def taylor4(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:

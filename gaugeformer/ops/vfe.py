@@ -22,6 +22,7 @@ import numpy as np
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
 from gaugeformer.ops.attention import attention_logits, attention_weights
 
@@ -46,7 +47,6 @@ class VFEParams:
       sigma_step: Σ step = ``sigma_step * lr``.
       sigma_trust: whitened Frobenius trust radius of the Σ step.
       update_sigma: take the Σ step at all.
-      mask_self: mask the diagonal of the FFN's β.
       phi_lr: step of the φ update.
       phi_max_norm: cap on ‖φ‖ after the φ update.
       phi_grad_query_role: differentiate the φ energy only through each token's query row (causal).
@@ -65,7 +65,6 @@ class VFEParams:
     sigma_step: float = 0.05
     sigma_trust: float = 0.1
     update_sigma: bool = True
-    mask_self: bool = False
     phi_lr: float = 0.05
     phi_max_norm: float = 3.14159
     phi_grad_query_role: bool = False
@@ -126,10 +125,10 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
     c = _centre(tk)
     a, b = tq.a - c, tk.a - c
     pb = sm.mv(tk.p, b)
-    quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
-    cross = jnp.einsum("bnhk,bmhk->bhnm", a, pb)
-    quad_b = jnp.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
-    trace = jnp.einsum("bnhkl,bmhkl->bhnm", tq.sig, tk.p)
+    quad_a = pr.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
+    cross = pr.einsum("bnhk,bmhk->bhnm", a, pb)
+    quad_b = pr.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
+    trace = pr.einsum("bnhkl,bmhkl->bhnm", tq.sig, tk.p)
     trace_p = jnp.trace(tk.p, axis1=-2, axis2=-1).transpose(0, 2, 1)[:, :, None, :]
     ld_k, ld_q = tk.ld.transpose(0, 2, 1), tq.ld.transpose(0, 2, 1)
     base = trace + quad_a - 2.0 * cross + quad_b - d + ld_k[:, :, None, :] - ld_q[..., None]
@@ -154,13 +153,13 @@ def block_kl(pulled: _Pulled, eps: float, n_pad: Array, keys: _Pulled | None = N
 
 
 def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams) -> Float[Array, "B N M"]:
-    logits = attention_logits(kl[:, None], hp.kappa, mask, None, hp.mask_self)[:, 0]
+    logits = attention_logits(kl[:, None], hp.kappa, mask)[:, 0]
     return attention_weights(logits, hp.beta_floor)
 
 
 def rotations(gens: Array, phi: Float[Array, "B N 3"], exp_fn) -> Float[Array, "B N H D D"]:
     """``R = exp(φ·G)`` per head from per-head generators ``[H, 3, D, D]``."""
-    return exp_fn(jnp.einsum("bna,haij->bnhij", phi, gens))
+    return exp_fn(pr.einsum("bna,haij->bnhij", phi, gens))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,8 +170,8 @@ def rotations(gens: Array, phi: Float[Array, "B N 3"], exp_fn) -> Float[Array, "
 def _weighted_g(t: _Pulled, w: Float[Array, "B N M"], c) -> tuple[Array, Array]:
     """``Σ_j w_ij g_ij = R_i [(Σ_j w_ij P̌_j) â_i - Σ_j w_ij P̌_j b̌_j]`` (centred on ``c``), and ``Σ_j w P̌``."""
     a = t.a - c
-    wp = jnp.einsum("bnm,bmhkl->bnhkl", w, t.p)
-    wpb = jnp.einsum("bnm,bmhk->bnhk", w, sm.mv(t.p, a))
+    wp = pr.einsum("bnm,bmhkl->bnhkl", w, t.p)
+    wpb = pr.einsum("bnm,bmhk->bnhk", w, sm.mv(t.p, a))
     inner = sm.mv(wp, a) - wpb
     return sm.mv(t.r, inner), wp
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from gaugeformer.config import ModelConfig
 from gaugeformer.model.sow import HOOK_DOC
-from gaugeformer.ops.attention import causal_mask
+from gaugeformer.ops.masks import valid_keys
 from gaugeformer.train import optim
 
 Array = jax.Array
@@ -46,11 +46,7 @@ SHARP, MEDIUM = 0.1, 0.05
 
 def valid_key_mask(cfg: ModelConfig, n: int) -> np.ndarray:
     """``[N, N]`` bool: keys query i may attend (pattern, causality and self-masking of ``cfg``)."""
-    mask = causal_mask(n, cfg.attention_pattern, cfg.attention_window)
-    if cfg.mask_self_attention:
-        eye = np.eye(n, dtype=bool)
-        mask = mask & ~(eye & (mask.sum(-1, keepdims=True) > 1))
-    return mask
+    return valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
 
 
 def _masked_row_std(x: Array, mask: np.ndarray) -> tuple[Array, Array]:

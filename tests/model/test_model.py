@@ -14,7 +14,7 @@ from gaugeformer.convert.reference import model_from_reference, state_dict_to_pa
 from gaugeformer.convert.torch_pt import load_pt, split_checkpoint
 from gaugeformer.loss import free_energy_loss
 from gaugeformer.model.lm import GaugeTransformerLM, run_with_cache
-from gaugeformer.ops.attention import causal_mask
+from gaugeformer.ops.masks import valid_keys
 from gaugeformer.testing import rel_err, tiny_config, tiny_model
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -105,7 +105,7 @@ def test_jit_vmap_grad():
 def test_beta_override_replaces_attention_and_optionally_the_ffn_beta():
     model = tiny_model()
     cfg = model.cfg
-    mask = causal_mask(12)
+    mask = valid_keys(12)
     uniform = jnp.asarray(mask / mask.sum(-1, keepdims=True), jnp.float32)
     uniform = jnp.broadcast_to(uniform, (2, cfg.n_heads, 12, 12))
     override = (uniform,) * cfg.n_layers

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gaugeformer.ops import attention as att
+from gaugeformer.ops.masks import valid_keys
 from gaugeformer.ops import so3
 from gaugeformer.ops.gaussian import taylor4_logabsdet
 from gaugeformer.ops.positional import compose
@@ -89,7 +90,7 @@ def test_gauge_covariance_exact_transport(d):
     kl = att.kl_factorized(mu, sigma, e, f, None, 1e-6, 0.0)
     kl2 = att.kl_factorized(mu2, sigma2, e2, f2, None, 1e-6, 0.0)
     np.testing.assert_allclose(kl2, kl, rtol=2e-4, atol=2e-4)
-    mask = att.causal_mask(N)
+    mask = valid_keys(N)
     b1 = att.attention_weights(att.attention_logits(kl, 1.0, mask), None)
     b2 = att.attention_weights(att.attention_logits(kl2, 1.0, mask), None)
     np.testing.assert_allclose(b2, b1, atol=5e-5)
@@ -120,7 +121,7 @@ def test_aggregation_factorized_equals_direct(floor):
     mu = mu + 30.0
     e, f, lad = group_frames(phi, d, "taylor4")
     kl = att.kl_factorized(mu, sigma, e, f, lad, 1e-6, 1e-6)
-    beta = att.attention_weights(att.attention_logits(kl, 2.0, att.causal_mask(N)), floor)
+    beta = att.attention_weights(att.attention_logits(kl, 2.0, valid_keys(N)), floor)
     with jax.enable_x64(True):
         to64 = lambda x: x.astype(jnp.float64)  # noqa: E731
         m_ref, s_ref = att.aggregate_direct(to64(beta), to64(mu), to64(sigma), to64(e), to64(f))
@@ -134,20 +135,15 @@ def test_aggregation_factorized_equals_direct(floor):
     assert err <= 2 * max(err_reference, 1e-5), (err, err_reference)
 
 
-def test_masks_and_floor():
-    m = att.causal_mask(6, "local", window=4)
-    assert m[5].tolist() == [False, False, False, True, True, True]
-    assert not att.causal_mask(6)[0, 1] and att.causal_mask(6)[5, 0]
-    strided = att.causal_mask(32, "strided", window=8)
-    assert strided[31, 0] and strided[31, 4] and not strided[31, 5] and strided[31, 23]
+def test_floor_and_alibi():
     kl = jnp.zeros((1, 1, 4, 4))
-    strict = att.attention_weights(att.attention_logits(kl, 1.0, att.causal_mask(4)), None)
-    leaky = att.attention_weights(att.attention_logits(kl, 1.0, att.causal_mask(4)), 1e-8)
+    strict = att.attention_weights(att.attention_logits(kl, 1.0, valid_keys(4)), None)
+    leaky = att.attention_weights(att.attention_logits(kl, 1.0, valid_keys(4)), 1e-8)
     assert float(strict[0, 0, 0, 3]) == 0.0 and float(leaky[0, 0, 0, 3]) == pytest.approx(1e-8)
     np.testing.assert_allclose(strict.sum(-1), 1.0, rtol=1e-6)
-    selfmasked = att.attention_logits(kl, 1.0, att.causal_mask(4), mask_self=True)
+    selfmasked = att.attention_logits(kl, 1.0, valid_keys(4, mask_self=True))
     assert np.isfinite(selfmasked[0, 0, 0, 0]) and not np.isfinite(selfmasked[0, 0, 2, 2])
-    alibi = att.attention_logits(kl, 1.0, att.causal_mask(4), alibi_slope=-0.1)
+    alibi = att.attention_logits(kl, 1.0, valid_keys(4), alibi_slope=-0.1)
     assert float(alibi[0, 0, 3, 0]) == pytest.approx(-0.3)
 
 
