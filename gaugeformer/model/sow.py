@@ -56,10 +56,15 @@ ALL = SowConfig()
 ATTENTION_ONLY = SowConfig(attention=True, ffn=False, beliefs=False)
 
 
-def hook(module: nnx.Module, name: str, value, cfg: SowConfig = ALL) -> None:
-    """Record ``value`` under ``name`` on ``module`` when inside ``nnx.capture`` and ``cfg`` wants it."""
+def hook(module: nnx.Module, name: str, value, cfg: SowConfig = ALL):
+    """Record ``value`` under ``name`` on ``module`` when inside ``nnx.capture`` and ``cfg`` wants it.
+
+    Returns the value the computation continues with (call sites write ``x = hook(self, "hook_x", x, sow)``),
+    so a hook point can also be an intervention point.
+    """
     if value is not None and cfg.wants(name):
         module.sow(nnx.Intermediate, name, value, capture_noop=True)
+    return value
 
 
 def flatten(tree, prefix: str = "") -> dict:
