@@ -18,10 +18,12 @@ Derived defaults (filled in when the key is absent or ``null``):
 * ``model.vocab_size``: ``data.vocab_size`` if set, else the tokenizer's (GPT-2: 50257, bytes: 256).
   A ``model.vocab_size`` below the tokenizer's restricts the vocabulary like the reference does.
 * ``model.max_seq_len``: ``data.seq_len``.
-* ``optim.max_steps`` (length of the cosine schedule): ``train.steps``.
+* ``optim.max_steps`` (length of the cosine schedule, in updates): ``train.steps`` divided by
+  ``optim.accumulate_steps`` (rounded up).
 """
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -307,9 +309,13 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
         model_raw["irreps"] = [tuple(e) if isinstance(e, list) else e for e in model_raw["irreps"]]
     sections["model"] = _build_section("model", model_raw)
     optim_raw = dict(raw.get("optim") or {})
-    if optim_raw.get("max_steps") is None:
+    derive_max = optim_raw.get("max_steps") is None
+    if derive_max:
         optim_raw["max_steps"] = sections["train"].steps
     sections["optim"] = _build_section("optim", optim_raw)
+    if derive_max:  # the schedule counts updates: one per optim.accumulate_steps batches
+        updates = math.ceil(sections["train"].steps / sections["optim"].accumulate_steps)
+        sections["optim"] = dataclasses.replace(sections["optim"], max_steps=updates)
     return RunConfig(**sections)
 
 
