@@ -238,8 +238,11 @@ class RunLog:
         self.jsonl = workdir / "metrics.jsonl"
         self.csv = workdir / "metrics.csv"
         self.bar = None
+        self.tensorboard = None
         if active:
             self._truncate_after(start_step)
+            if run_cfg.log.tensorboard:
+                self.tensorboard = open_tensorboard(workdir / "tensorboard", start_step)
             if run_cfg.log.progress:
                 from tqdm.auto import tqdm
 
@@ -258,6 +261,13 @@ class RunLog:
         if self.active:
             with self.jsonl.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(mlib.ordered(record), ensure_ascii=False) + "\n")
+            if self.tensorboard is not None:
+                split = record.get("split", "train")
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                            and key not in ("step", "split"):
+                        tag = key if key.startswith(f"{split}/") else f"{split}/{key}"
+                        self.tensorboard.add_scalar(tag, value, record["step"])
 
     def records(self) -> list[dict]:
         if not self.jsonl.exists():
@@ -322,6 +332,18 @@ class RunLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def open_tensorboard(directory: Path, start_step: int):
+    """A tensorboardX ``SummaryWriter``; a resumed run purges events past its checkpoint."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as err:  # optional dependency
+        raise ConfigError("log.tensorboard needs tensorboardX: pip install "
+                          "'gaugeformer[tensorboard]' (or set log.tensorboard=false)") from err
+    return SummaryWriter(str(directory), purge_step=start_step + 1 if start_step else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,27 +352,36 @@ class RunLog:
 
 
 class GracefulInterrupt:
-    """First Ctrl-C: finish the current step, save, return. Second Ctrl-C: abort at once."""
+    """First Ctrl-C or SIGTERM: finish the current step, save, return. A second one: abort.
+
+    SIGTERM is how TPU VMs and most schedulers announce a preemption; ``signal`` records which
+    one arrived (``"SIGINT"`` or ``"SIGTERM"``).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal: str | None = None
+        self._previous: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\n[train] Ctrl-C: saving a checkpoint after this step (Ctrl-C again to abort)",
+        self.signal = signal.Signals(signum).name
+        what = "Ctrl-C" if signum == signal.SIGINT else self.signal
+        print(f"\n[train] {what}: saving a checkpoint after this step ({what} again to abort)",
               flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
         return False
 
 
@@ -369,6 +400,30 @@ class _CompileCounter:
 
             jax.monitoring.register_event_duration_secs_listener(listener)
             cls._installed = True
+
+
+class StepProfiler:
+    """``jax.profiler`` trace of train steps ``first … last`` (1-based; ``train.profile_steps``)
+    into ``directory`` (``plugins/profile/<time>/*.xplane.pb``, for TensorBoard's profile tab or
+    Perfetto)."""
+
+    def __init__(self, directory: Path, span: tuple[int, ...] | None):
+        self.directory, self.span, self.active = directory, span, False
+
+    def before(self, step: int) -> None:
+        if self.span and step == self.span[0]:
+            jax.profiler.start_trace(str(self.directory))
+            self.active = True
+
+    def after(self, step: int, outputs) -> None:
+        if self.active and step == self.span[1]:
+            jax.block_until_ready(outputs)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,6 +481,7 @@ class Trainer:
             raise
         self.step = self.start_step
         self.log = RunLog(self.workdir, run_cfg, self.start_step, self.main)
+        self.profiler = StepProfiler(self.workdir / "profile", run_cfg.train.profile_steps)
         self._tick = (time.perf_counter(), self.start_step)
         self.tokens_per_sec = 0.0
         self.train_compiles = 0
@@ -545,21 +601,30 @@ class Trainer:
                     if stop.requested:
                         break
                     self._one_step(index)
+                    if self.ckpt.latest.reached_preemption(self.step):
+                        stop.requested, stop.signal = True, "preemption"
+                        self.log.print(f"[train] preemption at step {self.step}: saving")
                 self._flush()
                 if stop.requested and self.step < self.cfg.train.steps:
                     status = "interrupted"
                     self._save(self.step)
         finally:
+            self.profiler.stop()
             self.ckpt.close()
             self.log.close()
         self.log.write_csv()
-        return self._summary(status, time.perf_counter() - t0)
+        summary = self._summary(status, time.perf_counter() - t0)
+        summary["stop_signal"] = stop.signal
+        summary["paths"]["profile"] = str(self.profiler.directory) if self.profiler.span else None
+        return summary
 
     def _one_step(self, index: int) -> None:
         x, y = self.place.put_batch(*self.batches.batch(index))
         before = _CompileCounter.count
+        self.profiler.before(index + 1)
         metrics = train_step(self.model, self.optimizer, x, y, weights=self.weights,
                              optim_cfg=self.cfg.optim)
+        self.profiler.after(index + 1, metrics)
         if index > self.start_step:
             self.train_compiles += _CompileCounter.count - before
         self._flush()
