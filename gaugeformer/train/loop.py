@@ -10,7 +10,8 @@ fetched first, so a checkpoint is only ever written from a state whose every ste
 Work at step boundaries, in this order: NaN/inf check and logging of the previous step; evaluation
 (``train.eval_every`` and the last step: CE/PPL over the whole validation split, attention figures
 and the row_std table on a fixed validation sequence, curves, best checkpoint); checkpoint
-(``train.checkpoint_every``, the last step, Ctrl-C); user hooks ``(every, fn)``.
+(``train.checkpoint_every``, the last step, Ctrl-C, SIGTERM, an orbax preemption point; see
+:mod:`gaugeformer.train.integrations`); user hooks ``(every, fn)``.
 
 Parallelism: a 1-D ``jax.sharding.Mesh`` over every device with the axis ``data``. Batches are
 sharded along it (each process contributes its rows with ``make_array_from_process_local_data``);
@@ -20,7 +21,8 @@ runs on one CPU, one GPU, a TPU slice and, with ``train.distributed: true`` (whi
 
 Files in the workdir: ``run_config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged
 step, ``"split"`` = ``train`` | ``eval``), ``metrics.csv``, ``curves.png``,
-``attention/step_XXXXXX/`` (figures and ``row_std.md``), ``checkpoints/``, ``best/``.
+``attention/step_XXXXXX/`` (figures and ``row_std.md``), ``checkpoints/``, ``best/``, and optionally
+``tensorboard/`` (``log.tensorboard``) and ``profile/`` (``train.profile_steps``).
 """
 
 import csv
@@ -29,8 +31,6 @@ import functools
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +57,7 @@ from gaugeformer.loss import free_energy_loss
 from gaugeformer.model.lm import GaugeTransformerLM, run_with_cache
 from gaugeformer.model.sow import ATTENTION_ONLY, flatten
 from gaugeformer.train import checkpoint as ckpt_lib
+from gaugeformer.train.integrations import GracefulInterrupt, StepProfiler, open_tensorboard
 from gaugeformer.train import metrics as mlib
 from gaugeformer.train.config import ConfigError, DataConfig, RunConfig
 from gaugeformer.train.optim import OptimConfig, make_optimizer
@@ -336,53 +337,9 @@ class RunLog:
             self.tensorboard.close()
 
 
-def open_tensorboard(directory: Path, start_step: int):
-    """A tensorboardX ``SummaryWriter``; a resumed run purges events past its checkpoint."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError as err:  # optional dependency
-        raise ConfigError("log.tensorboard needs tensorboardX: pip install "
-                          "'gaugeformer[tensorboard]' (or set log.tensorboard=false)") from err
-    return SummaryWriter(str(directory), purge_step=start_step + 1 if start_step else None)
-
-
 # ----------------------------------------------------------------------------------------------
-# Ctrl-C and compile counting
+# Compile counting
 # ----------------------------------------------------------------------------------------------
-
-
-class GracefulInterrupt:
-    """First Ctrl-C or SIGTERM: finish the current step, save, return. A second one: abort.
-
-    SIGTERM is how TPU VMs and most schedulers announce a preemption; ``signal`` records which
-    one arrived (``"SIGINT"`` or ``"SIGTERM"``).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self.signal: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.signal = signal.Signals(signum).name
-        what = "Ctrl-C" if signum == signal.SIGINT else self.signal
-        print(f"\n[train] {what}: saving a checkpoint after this step ({what} again to abort)",
-              flush=True)
-
-    def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        return False
 
 
 class _CompileCounter:
@@ -400,30 +357,6 @@ class _CompileCounter:
 
             jax.monitoring.register_event_duration_secs_listener(listener)
             cls._installed = True
-
-
-class StepProfiler:
-    """``jax.profiler`` trace of train steps ``first … last`` (1-based; ``train.profile_steps``)
-    into ``directory`` (``plugins/profile/<time>/*.xplane.pb``, for TensorBoard's profile tab or
-    Perfetto)."""
-
-    def __init__(self, directory: Path, span: tuple[int, ...] | None):
-        self.directory, self.span, self.active = directory, span, False
-
-    def before(self, step: int) -> None:
-        if self.span and step == self.span[0]:
-            jax.profiler.start_trace(str(self.directory))
-            self.active = True
-
-    def after(self, step: int, outputs) -> None:
-        if self.active and step == self.span[1]:
-            jax.block_until_ready(outputs)
-            self.stop()
-
-    def stop(self) -> None:
-        if self.active:
-            jax.profiler.stop_trace()
-            self.active = False
 
 
 # ----------------------------------------------------------------------------------------------
