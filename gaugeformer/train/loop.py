@@ -451,8 +451,14 @@ class Trainer:
     def _init_state(self) -> tuple[GaugeTransformerLM, nnx.Optimizer, int]:
         latest = self.ckpt.latest_step()
         if latest is not None:
-            restored = self.ckpt.restore(latest, optimizer_template=self._template(),
-                                         sharding=self.place.replicated)
+            try:
+                restored = self.ckpt.restore(latest, optimizer_template=self._template(),
+                                             sharding=self.place.replicated)
+            except ValueError as err:  # orbax: the optimizer state's tree differs
+                raise ConfigError(
+                    f"checkpoint {latest} has an optimizer state of another structure (was "
+                    "optim.accumulate_steps changed?); keep the run's optim settings or use a "
+                    f"new --workdir ({str(err).splitlines()[0]})") from err
             self._check_resume(restored)
             self.resumed_from = latest
         elif self.cfg.train.init_from:

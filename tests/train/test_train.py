@@ -300,6 +300,8 @@ def test_resume_refuses_another_model(run_a):
     workdir, _ = run_a
     with pytest.raises(ConfigError, match="model config differs"):
         loop.train_and_evaluate(make_cfg("model.kappa_beta=2.0"), workdir)
+    with pytest.raises(ConfigError, match="optim.accumulate_steps changed"):
+        loop.train_and_evaluate(make_cfg("optim.accumulate_steps=2"), workdir)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
