@@ -19,8 +19,8 @@ Sampling (temperature → top-k → top-p, the order Hugging Face applies them):
 * :func:`scale_logits` divides by the temperature; :func:`top_k_mask` keeps the ``k`` largest
   logits (every logit equal to the ``k``-th largest is kept too); :func:`top_p_mask` keeps the
   smallest set of most probable tokens whose probability reaches ``p`` (the most probable token
-  is always kept, ``p >= 1`` keeps everything).  The draw uses ``jax.random.fold_in(key(seed), t)``
-  for the ``t``-th new token, so a seed fixes the output.
+  is always kept, ``p >= 1`` keeps everything).  The token at sequence position ``n`` is drawn
+  with ``jax.random.fold_in(key(seed), n)``, so a seed fixes the output.
 
 What the window's padding means, per profile (``M − n`` slots past the last real token hold
 token 0 until they are filled):
@@ -129,12 +129,13 @@ def decode_step(graphdef: nnx.GraphDef, state: nnx.State, window: Int[Array, "1 
                 length: Int[Array, ""], key: jax.Array, temperature: Float[Array, ""],
                 top_k: Int[Array, ""], top_p: Float[Array, ""]
                 ) -> tuple[Int[Array, "1 M"], Int[Array, ""], Float[Array, "V"]]:
-    """One new token: ``(window, token, logits)`` where ``logits`` are the next-token logits
-    (before filtering) at the last real position ``min(length, M) - 1``."""
+    """Token number ``length`` (0-based) of the sequence: ``(window, token, logits)``, where
+    ``logits`` are the next-token logits (before filtering) at the last real position
+    ``min(length, M) - 1``; ``key`` is the generation's key (folded with ``length`` here)."""
     model = nnx.merge(graphdef, state)
     m = window.shape[-1]
     logits = model(window, train=False)[0, jnp.minimum(length, m) - 1]
-    token = sample_token(key, logits, temperature, top_k, top_p)
+    token = sample_token(jax.random.fold_in(key, length), logits, temperature, top_k, top_p)
     return push_token(window, length, token), token, logits
 
 
@@ -227,7 +228,6 @@ def generate_ids(model: GaugeTransformerLM, ids: list[int], max_new_tokens: int,
     tokens = []
     for t in range(max_new_tokens):
         length = jnp.int32(len(ids) + t)
-        window, token, _ = decode_step(graphdef, state, window, length,
-                                       jax.random.fold_in(key, t), *args)
+        window, token, _ = decode_step(graphdef, state, window, length, key, *args)
         tokens.append(token)
     return [int(t) for t in jax.device_get(tokens)]
