@@ -57,9 +57,9 @@ from gaugeformer.loss import free_energy_loss
 from gaugeformer.model.lm import GaugeTransformerLM, run_with_cache
 from gaugeformer.model.sow import ATTENTION_ONLY, flatten
 from gaugeformer.train import checkpoint as ckpt_lib
-from gaugeformer.train.integrations import GracefulInterrupt, StepProfiler, open_tensorboard
 from gaugeformer.train import metrics as mlib
 from gaugeformer.train.config import ConfigError, DataConfig, RunConfig
+from gaugeformer.train.integrations import GracefulInterrupt, StepProfiler, open_tensorboard
 from gaugeformer.train.optim import OptimConfig, make_optimizer
 
 DATA_AXIS = "data"
