@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[train] stopped: {err}", file=sys.stderr)
         return 3
     print(json.dumps(summary, indent=2, default=str))
-    return 130 if summary["status"] == "interrupted" else 0
+    if summary["status"] != "interrupted":
+        return 0
+    return 143 if summary["stop_signal"] in ("SIGTERM", "preemption") else 130
 
 
 if __name__ == "__main__":
