@@ -121,20 +121,28 @@ class GaugeTransformerLM(nnx.Module):
         return logits, ForwardState(mu, sigmas, phi, mu_prior, sigma_prior, beta, kl)
 
 
-def _forward(model: GaugeTransformerLM, tokens, sow: SowConfig, capture: bool, train: bool = False,
-             training_forward: bool = False, beta_override=None, override_ffn_beta: bool = False):
+def _forward(graphdef: nnx.GraphDef, state: nnx.State, tokens, sow: SowConfig, capture: bool,
+             train: bool = False, training_forward: bool = False, beta_override=None,
+             override_ffn_beta: bool = False):
+    model = nnx.merge(graphdef, state)
     kwargs = dict(train=train, training_forward=training_forward, beta_override=beta_override,
                   override_ffn_beta=override_ffn_beta, sow=sow)
     if not capture:
         return model(tokens, **kwargs), None
-    logits, state = nnx.capture(model, nnx.Intermediate)(tokens, **kwargs)
-    return logits, ActivationCache(flatten(nnx.to_pure_dict(state)))
+    logits, hooks = nnx.capture(model, nnx.Intermediate)(tokens, **kwargs)
+    return logits, ActivationCache(flatten(nnx.to_pure_dict(hooks)))
 
 
-# One compiled program per (sow config, static flags, shapes): a filter or a hook list that compares equal
-# (same names, same function objects) reuses it.
-_forward_jit = nnx.jit(_forward, static_argnames=("sow", "capture", "train", "training_forward",
+# One compiled program per (graph, sow config, static flags, shapes): a filter or a hook list that compares
+# equal (same names, same function objects) reuses it.  The model goes in split (a plain jax.jit, which writes
+# nothing back to it), so the functions also run under an outer jax.jit / jax.grad that closes over the model.
+_forward_jit = jax.jit(_forward, static_argnames=("graphdef", "sow", "capture", "train", "training_forward",
                                                   "override_ffn_beta"))
+
+
+def _run(model: GaugeTransformerLM, tokens, sow: SowConfig, capture: bool, **kwargs):
+    graphdef, state = nnx.split(model)
+    return _forward_jit(graphdef, state, tokens, sow=sow, capture=capture, **kwargs)
 
 
 def _names_filter(model: GaugeTransformerLM, names_filter) -> frozenset | Callable[[str], bool] | None:
@@ -166,7 +174,7 @@ def run_with_cache(model: GaugeTransformerLM, tokens, *, names_filter=None, sow:
     ``stack("attn.hook_pattern") -> [L, B, H, N, M]``); it is a pytree, so this also runs under an outer jit.
     """
     cfg = dataclasses.replace(sow, names=_names_filter(model, names_filter)) if names_filter is not None else sow
-    return _forward_jit(model, tokens, sow=cfg, capture=True, **kwargs)
+    return _run(model, tokens, cfg, True, **kwargs)
 
 
 def run_with_hooks(model: GaugeTransformerLM, tokens, *, fwd_hooks=(), return_cache: bool = False,
@@ -196,6 +204,5 @@ def run_with_hooks(model: GaugeTransformerLM, tokens, *, fwd_hooks=(), return_ca
         raise ValueError("names_filter is only used with return_cache=True")
     else:
         names = frozenset()
-    logits, cache = _forward_jit(model, tokens, sow=SowConfig(names=names, fwd_hooks=hooks),
-                                 capture=return_cache, **kwargs)
+    logits, cache = _run(model, tokens, SowConfig(names=names, fwd_hooks=hooks), return_cache, **kwargs)
     return (logits, cache) if return_cache else logits
