@@ -71,14 +71,16 @@ def valid_hook_names(cfg) -> tuple[str, ...]:
             return False
         return not (template.endswith("ffn.hook_sigma_out") and not cfg.ffn_update_sigma)
 
-    names = []
-    for template in HOOK_DOC:
-        if not exists(template):
-            continue
-        for layer in range(cfg.n_layers) if "{l}" in template else [None]:
+    templates = [t for t in HOOK_DOC if exists(t)]
+    per_layer = [t for t in templates if "{l}" in t]
+    before = [t for t in templates[: templates.index(per_layer[0])] if "{l}" not in t]
+    after = [t for t in templates if "{l}" not in t and t not in before]
+    names = list(before)
+    for layer in range(cfg.n_layers):
+        for template in per_layer:
             for t in range(cfg.ffn_n_iterations) if "{t}" in template else [None]:
                 names.append(template.replace("{l}", str(layer)).replace("{t}", str(t)))
-    return tuple(names)
+    return tuple(names + after)
 
 
 def check_names(names, valid: tuple[str, ...], what: str) -> None:
