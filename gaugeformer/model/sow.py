@@ -27,7 +27,7 @@ from gaugeformer.ops import blocks
 from gaugeformer.ops.so3 import HeadLayout
 
 HOOK_DOC = {
-    "embed.hook_mu": "[B,N,K] embedded means (incl. positional embedding); patching it leaves the prior mean alone",
+    "embed.hook_mu": "[B,N,K] embedded means (incl. positional embedding; a patch leaves the prior alone)",
     "embed.hook_sigma": "[B,N,K,K] embedded covariances (full covariance only; patched: per-head blocks kept)",
     "embed.hook_phi": "[B,N,3] token frames before positional composition",
     "hook_phi_composed": "[B,N,3] frames entering block 0",

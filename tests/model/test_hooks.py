@@ -24,7 +24,8 @@ MLP = dict(ffn="mlp", profile="clean")
 # Hooks whose patch must reach the logits: everything before and in block 0 (block 1's Σ / φ and the final Σ
 # only feed later layers or the loss).  The attention's and FFN's own call sites are not yet written as
 # ``x = hook(...)`` in dataflow order on this branch: those patches are expected to fail until they are.
-PATCHABLE = [n for n in valid_hook_names(tiny_config(**MLP)) if not n.startswith("blocks.1.") and n != "hook_sigma_final"]
+PATCHABLE = [n for n in valid_hook_names(tiny_config(**MLP))
+             if not n.startswith("blocks.1.") and n != "hook_sigma_final"]
 NOT_WIRED = {"blocks.0.attn.hook_mu_in", "blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_kl",
              "blocks.0.attn.hook_mu_out", "blocks.0.attn.hook_sigma_out", "blocks.0.ffn.hook_mu_out"}
 
@@ -119,7 +120,10 @@ def test_names_filter_records_exactly_the_requested_hook(mlp):
     assert rel_err(cache[name], cache_all[name]) < 1e-6 and rel_err(logits, logits_all) < 1e-6
     # the traced program returns the logits and that one tensor, nothing else
     graphdef, state = nnx.split(model)
-    jaxpr = jax.make_jaxpr(lambda s, t: run_with_cache(nnx.merge(graphdef, s), t, names_filter=[name]))(state, TOKENS)
+    def only(s, t):
+        return run_with_cache(nnx.merge(graphdef, s), t, names_filter=[name])
+
+    jaxpr = jax.make_jaxpr(only)(state, TOKENS)
     assert [a.shape for a in jaxpr.out_avals] == [logits.shape, cache_all[name].shape]
     # a predicate filter and a single name work too
     _, by_pred = run_with_cache(model, TOKENS, names_filter=lambda n: n.endswith("hook_mu_final"))
@@ -248,7 +252,8 @@ def test_kl_or_score_patch_sets_beta(mlp, name):
 
 @pytest.fixture(scope="module")
 def scaled(mlp):
-    """``sel [len(PATCHABLE)] -> logits`` with hook ``PATCHABLE[i]`` scaled by ``1 + 0.1 sel[i]`` (β: raised to that power) (one compile)."""
+    """``sel [len(PATCHABLE)] -> logits`` with hook ``PATCHABLE[i]`` scaled by ``1 + 0.1 sel[i]`` (β: raised to
+    that power, then renormalised); one compile for all."""
     model, index = mlp[0], {name: i for i, name in enumerate(PATCHABLE)}
 
     def selected(name):
@@ -300,7 +305,8 @@ def test_gradient_wrt_block_output_equals_autodiff_of_block1_by_hand(mlp):
     mu0 = cache0["blocks.0.hook_mu_out"]
 
     def via_hook(delta):
-        return jnp.sum(c * run_with_hooks(model, TOKENS, fwd_hooks=[("blocks.0.hook_mu_out", lambda x: x + delta)]))
+        hooks = [("blocks.0.hook_mu_out", lambda x: x + delta)]
+        return jnp.sum(c * run_with_hooks(model, TOKENS, fwd_hooks=hooks))
 
     def by_hand(mu):
         return jnp.sum(c * _downstream_of_block0(model, mu, cache0["blocks.0.hook_sigma_out"],
