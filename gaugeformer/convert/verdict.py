@@ -69,7 +69,7 @@ class TensorVerdict:
     def describe(self) -> str:
         """The deciding numbers, one line."""
         s = f"err32={self.err32:.2e} (tol {self.tol:.0e})"
-        if self.err64 is not None:
+        if self.err64 is not None and self.verdict != "pass":
             what = "err64" if self.rule != "own-rounding" else "err(ours64,ref32)"
             s += f"  {what}={self.err64:.2e} (tol {self.tol64:.1e})"
         if self.ours_f32 is not None:
@@ -96,15 +96,15 @@ def classify(key: str, ours32, ref32, ours64=None, ref64=None) -> TensorVerdict:
     if ref64 is not None:
         ref_f32 = _err(key, ref32, ref64)
     extra = dict(ours_f32=ours_f32, ref_f32=ref_f32)
+    if ours64 is not None and ref64 is not None:
+        extra.update(err64=_err(key, ours64, ref64), tol64=TOL64)
     if err32 <= tol:
         return TensorVerdict(verdict="pass", rule="strict", **base, **extra)
     if ours64 is None:
         return TensorVerdict(verdict="fail", rule="strict", **base, **extra)
     if ref64 is not None:
-        err64 = _err(key, ours64, ref64)
-        ok = err64 <= TOL64
-        return TensorVerdict(verdict="pass-f32" if ok else "fail", rule="float64", err64=err64,
-                             tol64=TOL64, **base, **extra)
+        ok = extra["err64"] <= TOL64
+        return TensorVerdict(verdict="pass-f32" if ok else "fail", rule="float64", **base, **extra)
     err64 = _err(key, ours64, ref32)
     allowed = min(TOL_NO64, max(tol, F32_NOISE_RATIO * (ours_f32 or 0.0)))
     ok = err64 <= allowed
