@@ -199,7 +199,8 @@ def _constructed(case):
 
 
 def _constructed_params():
-    return [pytest.param(c, marks=() if c == "K41" else (pytest.mark.slow,)) for c in CONSTRUCTED]
+    # slow: four evaluations each (direct float32/float64 write the golden files, factorized float32/64)
+    return [pytest.param(c, marks=pytest.mark.slow) for c in CONSTRUCTED]
 
 
 @pytest.mark.parametrize("case", _constructed_params())
