@@ -121,7 +121,9 @@ def test_float64_parity_direct(name):
     assert errs[worst] <= DIRECT_RTOL, (worst, errs[worst])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", [n if n in ("D_v256", "T_A_v256") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])
 def test_float64_parity_factorized(name, monkeypatch):
     cfg, ours, skipped, bounds = evaluate(name, "factorized", monkeypatch)
     g64 = np.load(FIXTURES / name / "golden64.npz")
