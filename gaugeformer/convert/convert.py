@@ -781,8 +781,8 @@ def _abstract(tree):
 
 @dataclasses.dataclass
 class ValidationReport:
-    """One :class:`~gaugeformer.convert.verdict.TensorVerdict` per compared tensor, keys that were not
-    compared, and the overall status (``fail`` iff any tensor fails; :mod:`gaugeformer.convert.verdict`)."""
+    """One :class:`~gaugeformer.convert.verdict.TensorVerdict` per compared tensor, keys that were
+    not compared, and the status (``fail`` iff any tensor fails; :mod:`~.verdict`)."""
 
     name: str
     rows: list[TensorVerdict]
@@ -823,8 +823,8 @@ def to_float64(model: nnx.Module) -> nnx.Module:
     """A copy of ``model`` with every floating parameter and buffer cast to float64.
 
     Call (and evaluate the copy) inside ``with float64_mode():``; outside it JAX would silently
-    compute in float32.  Buffers built in float32 (generators, the sinusoidal table) keep their float32
-    values, as the reference's ``model.double()`` does with its float32-built buffers.
+    compute in float32.  Buffers built in float32 (generators, the sinusoidal table) keep their
+    float32 values, as the reference's ``model.double()`` does with its float32-built buffers.
     """
     copy = nnx.clone(model)
     state = nnx.state(copy)
@@ -898,11 +898,12 @@ def _golden_outputs(model, tokens, targets, with_forward: bool, with_loss: bool)
 
 def golden_values(model: nnx.Module, cfg: ModelConfig, golden: Mapping[str, np.ndarray],
                   x64: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Our value of every comparable golden key (``grad_*``/``gradnorm_*``: the gradient), and the keys
-    that cannot be compared.  ``x64``: evaluate a float64 copy of ``model`` (:func:`to_float64`).
+    """Our value of every comparable golden key (``grad_*``/``gradnorm_*``: the gradient), and the
+    keys that cannot be compared.  ``x64``: evaluate a float64 copy of ``model``
+    (:func:`to_float64`).
 
-    Forward tensors in the three regimes (eval/no-grad, grad-enabled, training forward), the loss terms
-    (``alpha=1, lambda_beta=1`` as the fixtures are generated) and the parameter gradients.
+    Forward tensors in the three regimes (eval/no-grad, grad-enabled, training forward), the loss
+    terms (``alpha=1, lambda_beta=1`` as the fixtures are generated) and the parameter gradients.
     """
     from gaugeformer.loss import cross_entropy
 
@@ -913,7 +914,8 @@ def golden_values(model: nnx.Module, cfg: ModelConfig, golden: Mapping[str, np.n
     with float64_mode() if x64 else contextlib.nullcontext():
         if x64:
             model = to_float64(model)
-        caches, loss, metrics, grads = _golden_outputs(model, tokens, targets, with_forward, with_loss)
+        caches, loss, metrics, grads = _golden_outputs(model, tokens, targets, with_forward,
+                                                       with_loss)
         values = {}
         for key, p in plan.items():
             if p[0] == "fwd":
@@ -937,9 +939,9 @@ def validate_golden(model: nnx.Module, cfg: ModelConfig, golden: Mapping[str, np
                     x64: bool = False) -> ValidationReport:
     """Compare ``model`` with a reference ``golden.npz`` (the fixtures' format, see their KEYS.md).
 
-    Every tensor of :func:`golden_values` is classified by :func:`gaugeformer.convert.verdict.classify`.
-    ``model`` is also evaluated in float64 when ``x64``, when a float64 reference ``golden64`` is given,
-    or when a tensor fails the strict check; ``golden64`` supplies the float64 reference values.
+    Every tensor of :func:`golden_values` is classified by :func:`~.verdict.classify`.  ``model``
+    is also evaluated in float64 when ``x64``, when a float64 reference ``golden64`` is given, or
+    when a tensor fails the strict check; ``golden64`` supplies the float64 reference values.
     """
     plan, _ = _plan(golden, cfg)
     log(f"validating against {name}: {len(plan)} tensors in float32"
@@ -963,8 +965,8 @@ def validate_golden(model: nnx.Module, cfg: ModelConfig, golden: Mapping[str, np
 def _print_report(report: ValidationReport, log: Log) -> None:
     width = max((len(r.key) for r in report.rows), default=10)
     for r in report.rows:
-        log(f"  {LABELS[r.verdict]:<4}  {r.key:<{width}}  {str(r.shape):<16} max_abs={r.max_abs:.3e}  "
-            f"{r.describe()}")
+        log(f"  {LABELS[r.verdict]:<4}  {r.key:<{width}}  {str(r.shape):<16} "
+            f"max_abs={r.max_abs:.3e}  {r.describe()}")
     if report.skipped:
         log(f"  not compared ({len(report.skipped)}): {report.skipped}")
     c = summarize(report.rows)["counts"]

@@ -1,25 +1,26 @@
-"""The three-class verdict of a converted checkpoint: arrays in, class and deciding numbers out (no I/O).
+"""The three-class verdict of a converted checkpoint: arrays in, class and numbers out (no I/O).
 
 Each golden tensor gets one class:
 
 * ``pass``: our float32 model agrees with the float32 reference within the parity tests' strict
   tolerance (:func:`gaugeformer.testing.golden_error`).
-* ``pass-f32`` (printed "pass: within float32 rounding"): the strict check fails, but the disagreement
-  is float32 rounding, established in float64 (below).
+* ``pass-f32`` (printed "PASS (within float32 rounding)"): the strict check fails, but the
+  disagreement is float32 rounding, established in float64 (below).
 * ``fail``: anything else.  Only ``fail`` sets ``status=fail`` and the exit code.
 
-The rule (README "Reading a verdict"; the numbers behind it are measured in ``tests/convert/test_verdict.py``):
+The rule (README "Reading a verdict"; measured in ``tests/convert/test_verdict.py``):
 
 1. With a float64 reference (``golden64.npz`` beside ``golden.npz``, or the live reference run in
-   float64) and our model evaluated in float64: ``err64 = err(ours64, ref64) <= TOL64`` (same metric as
-   the strict check).  Then ``ours32 - ref32 = (ours32 - ours64) + (ours64 - ref64) + (ref64 - ref32)``:
-   with the middle term within ``TOL64``, what is left *is* the two float32 roundings, whatever their size.
-   ``TOL64 = 1e-4``: correct ports measure ≤ 2e-6 (the shared fixtures, factorized KL) and ≤ 1.2e-5 (the
-   ill-conditioned checkpoints of issue 12); the smallest injected bug measures ≥ 1e-3 on its most
-   sensitive tensor.
-2. Without a float64 reference, only our float64 model: the reference's own rounding is unknown, so it
-   is bounded by our own, measured: ``err(ours64, ref32) <= F32_NOISE_RATIO * err(ours32, ours64)``
-   and ``err(ours64, ref32) <= TOL_NO64``.  Weaker than rule 1; the class says which rule decided.
+   float64) and our model evaluated in float64: ``err64 = err(ours64, ref64) <= TOL64`` (the
+   strict check's metric).  As ``ours32 - ref32 = (ours32 - ours64) + (ours64 - ref64) +
+   (ref64 - ref32)``, with the middle term within ``TOL64`` the rest *is* the two float32
+   roundings, whatever their size.  ``TOL64 = 1e-4``: right models measure ≤ 2e-6 (the shared
+   fixtures, factorized KL), 1.5e-6 (a constructed K = 41 model) and ≤ 1.2e-5 (issue 12's
+   checkpoints); every injected bug measured so far is ≥ 1e-3 on its most sensitive tensor.
+2. Without a float64 reference, only our float64 model: the reference's rounding is unknown and is
+   bounded by ours: ``err(ours64, ref32) <= min(TOL_NO64, F32_NOISE_RATIO * err(ours32, ours64))``.
+   The reference's float32 error is ≤ 2.3x ours on the shared fixtures and up to 50x on issue 12's
+   checkpoints, but 500x on the constructed K = 41 model, which therefore fails without golden64.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from gaugeformer.testing import golden_error
 Verdict = Literal["pass", "pass-f32", "fail"]
 
 TOL64 = 1e-4  # float64 port vs float64 reference, any tensor (rule 1)
-F32_NOISE_RATIO = 100.0  # reference float32 error / ours, allowed without a float64 reference (rule 2)
+F32_NOISE_RATIO = 100.0  # rule 2: allowed reference float32 error / ours
 TOL_NO64 = 1e-3  # ceiling of rule 2, whatever our own float32 error
 
 LABELS = {"pass": "PASS", "pass-f32": "PASS (within float32 rounding)", "fail": "FAIL"}
@@ -44,8 +45,8 @@ LABELS = {"pass": "PASS", "pass-f32": "PASS (within float32 rounding)", "fail": 
 class TensorVerdict:
     """One tensor's class and the numbers that decided it (errors in :func:`golden_error`'s metric).
 
-    ``err32``: ours32 vs ref32 (strict, ``tol``).  ``err64``: ours64 vs ref64 (rule 1, ``tol64``), or
-    ours64 vs ref32 (rule 2) when there is no float64 reference.  ``ours_f32``: ours32 vs ours64;
+    ``err32``: ours32 vs ref32 (strict, ``tol``).  ``err64``: ours64 vs ref64 (rule 1, ``tol64``),
+    or ours64 vs ref32 (rule 2) when there is no float64 reference.  ``ours_f32``: ours32 vs ours64;
     ``ref_f32``: ref32 vs ref64 (the reference's own float32 error).  ``rule``: ``strict``,
     ``float64`` or ``own-rounding``.
     """
@@ -113,7 +114,7 @@ def classify(key: str, ours32, ref32, ours64=None, ref64=None) -> TensorVerdict:
 
 
 def summarize(rows: list[TensorVerdict]) -> dict:
-    """Counts per class, the overall status (``fail`` iff any tensor fails) and the worst numbers."""
+    """Counts per class, the status (``fail`` iff any tensor fails) and the worst numbers."""
     counts = {v: sum(r.verdict == v for r in rows) for v in ("pass", "pass-f32", "fail")}
     worst64 = max((r.err64 for r in rows if r.err64 is not None), default=None)
     return {"status": "fail" if counts["fail"] or not rows else "pass", "counts": counts,
