@@ -129,8 +129,8 @@ def test_float64_parity_direct(name):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("name", [n if n in ("D_v256", "T_A_v256")
-                                  else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
+@pytest.mark.parametrize("name", [n if n == "T_A_v256" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])
 def test_float64_parity_factorized(name, monkeypatch):
     cfg, ours, skipped, bounds = evaluate(name, "factorized", monkeypatch)
     g64 = np.load(FIXTURES / name / "golden64.npz")
