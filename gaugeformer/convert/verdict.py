@@ -102,9 +102,8 @@ def classify(key: str, ours32, ref32, ours64=None, ref64=None) -> TensorVerdict:
     if ref64 is not None:
         ref_f32 = _err(key, ref32, ref64)
     extra = dict(ours_f32=ours_f32, ref_f32=ref_f32)
-    if ours64 is not None and ref64 is not None:
+    if ours64 is not None and ref64 is not None:  # rule 1: float64 evidence decides, both ways
         extra.update(err64=_err(key, ours64, ref64), tol64=TOL64)
-    if ours64 is not None and ref64 is not None:  # float64 evidence decides, both ways
         if extra["err64"] > TOL64:
             return TensorVerdict(verdict="fail", rule="float64", **base, **extra)
         return TensorVerdict(verdict="pass" if err32 <= tol else "pass-f32", rule="float64",
