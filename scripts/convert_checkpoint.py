@@ -30,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="compare the converted model with a reference golden.npz")
     p.add_argument("--validate-live", metavar="REPO_DIR",
                    help="compare with the live PyTorch reference (needs torch and a checkout)")
+    p.add_argument("--x64", action="store_true",
+                   help="also evaluate the converted model in float64 for every validation (always "
+                   "done when golden64.npz lies beside the golden file or a strict check fails)")
     p.add_argument("--json", metavar="OUT", help="write a JSON report")
     a = p.parse_args(argv)
     return run(a.checkpoint, a.out, config=a.config, force=a.force, validate=a.validate,
                validate_live_repo=a.validate_live, json_out=a.json,
-               include_optimizer=not a.no_optimizer)
+               include_optimizer=not a.no_optimizer, x64=a.x64)
 
 
 if __name__ == "__main__":
