@@ -11,8 +11,8 @@ Public entry points (imported lazily, so ``import diagnostics`` stays cheap)::
 ``render_console`` / ``kappa_sweep`` / ``irrep_summary`` (:mod:`diagnostics.validate`) the report
 logic on precomputed metrics (``validate_metrics`` is ``diagnostics.validate.validate``: the name
 ``diagnostics.validate`` stays the module); ``write_json`` / ``read_json`` / ``check_schema`` /
-``write_markdown`` (:mod:`diagnostics.report`) the files; ``load_any_checkpoint``
-(:mod:`diagnostics.loading`) and ``capture_attention`` (:mod:`diagnostics.capture`) the model side.
+``write_markdown`` (:mod:`diagnostics.report`) the files; ``capture_attention``
+(:mod:`diagnostics.capture`) the model side (models load with :func:`gaugeformer.load`).
 """
 
 import importlib
@@ -26,12 +26,12 @@ _EXPORTS = {
     "head_labels": "validate", "ValidationReport": "validate",
     "write_json": "report", "read_json": "report", "check_schema": "report",
     "write_markdown": "report", "SCHEMA_VERSION": "report",
-    "load_any_checkpoint": "loading", "capture_attention": "capture",
+    "capture_attention": "capture",
 }
 __all__ = [
     "METRIC_KEYS", "SCHEMA_VERSION", "ValidationReport", "ablation_study", "all_metrics",
     "attention_kappa_sweep", "build_inputs", "capture_attention", "check_schema", "gradient_flow",
-    "head_labels", "irrep_summary", "kappa_sweep", "load_any_checkpoint", "read_json",
+    "head_labels", "irrep_summary", "kappa_sweep", "read_json",
     "render_console", "render_irrep_table", "row_std", "run_report", "run_validation",
     "validate_metrics", "write_json", "write_markdown",
 ]

@@ -39,13 +39,15 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
+from gaugeformer import stats as attn_stats
+from gaugeformer.stats import KeyPattern
+
 from diagnostics import recency as rec
 
 __all__ = [
     "FigureRecord",
     "format_token",
     "format_tokens",
-    "head_row_std",
     "irrep_of",
     "plot_all_heads",
     "plot_attention_flow",
@@ -57,13 +59,9 @@ __all__ = [
     "plot_recency_summary",
     "plot_sample_heatmaps",
     "plot_training_curves",
-    "row_std_status",
     "topk_report",
-    "valid_key_mask",
-    "valid_row_std",
 ]
 
-SHARP, MEDIUM = 0.1, 0.05
 STATUS_COLOURS = {
     "SHARP": "#1a7f37", "MEDIUM": "#d97706", "UNIFORM": "#c62828", "n/a": "#555555",
 }
@@ -192,74 +190,6 @@ def _display_text(text: str, for_matplotlib: bool = True) -> str:
 # ----------------------------------------------------------------------------------------------
 # Statistics on valid keys
 # ----------------------------------------------------------------------------------------------
-
-
-def valid_key_mask(n: int, *, causal: bool = True, self_masked: bool = False) -> np.ndarray:
-    """Keys each query may attend to, ``(N, N)`` bool.
-
-    Args:
-        n: sequence length.
-        causal: keys ``j > i`` are invalid.
-        self_masked: the diagonal is invalid, except in rows with no other valid key (row 0 of a
-            causal model), which the model keeps unmasked.
-
-    Returns:
-        ``mask[i, j]`` True for a valid key.
-    """
-    mask = np.tril(np.ones((n, n), bool)) if causal else np.ones((n, n), bool)
-    if self_masked:
-        off = mask & ~np.eye(n, dtype=bool)
-        keep_diag = off.sum(-1) == 0
-        mask = off | (np.eye(n, dtype=bool) & keep_diag[:, None])
-    return mask
-
-
-def valid_row_std(mat: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Population std of each row over its valid keys.
-
-    Args:
-        mat: ``(..., N, N)`` values.
-        mask: ``(N, N)`` valid-key mask.
-
-    Returns:
-        ``(..., N)``; NaN for rows with fewer than two valid keys.
-    """
-    m = np.asarray(mat, np.float64)
-    cnt = mask.sum(-1)
-    safe = np.maximum(cnt, 1)
-    mean = np.where(mask, m, 0.0).sum(-1) / safe
-    var = np.where(mask, (m - mean[..., None]) ** 2, 0.0).sum(-1) / safe
-    return np.where(cnt >= 2, np.sqrt(var), np.nan)
-
-
-def head_row_std(beta_heads: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Valid-keys row_std per head: mean over rows of :func:`valid_row_std`.
-
-    Args:
-        beta_heads: ``(H, N, N)`` (or ``(N, N)``) attention.
-        mask: valid-key mask.
-
-    Returns:
-        ``(H,)`` (or a scalar array).
-    """
-    per_row = valid_row_std(beta_heads, mask)
-    ok = ~np.isnan(per_row)
-    return np.where(ok.any(-1), np.where(ok, per_row, 0).sum(-1) / np.maximum(ok.sum(-1), 1),
-                    np.nan)
-
-
-def row_std_status(value: float) -> str:
-    """Status of a row_std value.
-
-    Returns:
-        ``SHARP`` (> 0.1), ``MEDIUM`` (> 0.05), ``UNIFORM``, or ``n/a`` for NaN (no query row
-        with two valid keys).
-    """
-    if not np.isfinite(value):
-        return "n/a"
-    if value > SHARP:
-        return "SHARP"
-    return "MEDIUM" if value > MEDIUM else "UNIFORM"
 
 
 _IRREP_RE = re.compile(r"(?:ℓ|l|L|ell)\s*=?\s*(\d+)")
@@ -423,7 +353,7 @@ def _grid_shape(h: int, max_cols: int = 6) -> tuple[int, int]:
 
 def _status_title(ax: Axes, head: int, label: str, value: float, fs: float = 9.0) -> None:
     """Head title: irrep label and row_std status, coloured by the status."""
-    status = row_std_status(value)
+    status = attn_stats.status(value)
     ax.set_title(f"h{head} \u00b7 {label}\nrow_std {value:.3f} {status}", fontsize=fs,
                  color=STATUS_COLOURS[status], linespacing=1.15)
 
@@ -499,7 +429,7 @@ def plot_attention_with_context(
     *,
     layers: Sequence[int] | None = None,
     batch: int = 0,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     head_stats: np.ndarray | None = None,
     kappa: float = 1.0,
     kl_spread_threshold: float = 0.5,
@@ -531,7 +461,8 @@ def plot_attention_with_context(
         out_dir: directory for the PNGs.
         layers: layers to draw (default all).
         batch: batch element.
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (``KeyPattern.of(cfg)``: pattern, window, self-masking);
+            default full causal, self-masked when the caption says so.
         head_stats: optional precomputed row_std ``(L, H)`` or ``(H,)`` to show instead of the
             local valid-keys computation.
         kappa: attention temperature κ (the warning compares the spread of KL/κ).
@@ -552,7 +483,7 @@ def plot_attention_with_context(
     n_layers, _, h, n, _ = b.shape
     labels = _check_labels(head_labels, h)
     toks = _check_tokens(tokens, n)
-    mask = valid_key_mask(n, causal=causal, self_masked=_self_masked(caption))
+    mask = (keys or KeyPattern(mask_self=_self_masked(caption))).grid(n)
     caption = _with_preview(caption, tokens)
     records = []
     for li in (range(n_layers) if layers is None else layers):
@@ -585,7 +516,7 @@ def _context_figure(
     seq = _sequence_text(toks, n, width - 0.5, seq_fs)
     text_h = 0.75 + 0.17 * (seq.count("\n") + 1)
     fig = Figure(figsize=(width, text_h + head_h + bottom_h), layout="constrained")
-    stats = head_row_std(beta, mask) if head_stats is None else np.asarray(head_stats, float)
+    stats = attn_stats.row_std_valid(beta, mask, empty=np.nan) if head_stats is None else np.asarray(head_stats, float)
     fig.suptitle(f"Attention with context \u2014 layer {layer[0]} of {layer[1]}, batch element "
                  f"{batch}", fontsize=14, fontweight="bold")
     top, mid, bot = fig.subfigures(3, 1, height_ratios=[text_h, head_h, bottom_h])
@@ -628,7 +559,7 @@ def _bottom_panels(
     """Head-average + uniformity bars (left) and KL + spread bars (right)."""
     left, right = sub.subfigures(1, 2, wspace=0.02)
     avg = beta.mean(0)
-    avg_std = float(head_row_std(avg, mask))
+    avg_std = float(attn_stats.row_std_valid(avg, mask, empty=np.nan))
     _avg_block(left, avg, mask, toks, tick_limit, avg_std, beta.shape[0], width)
     if kl is None:
         ax = right.add_subplot(label="kl:missing")
@@ -652,14 +583,14 @@ def _avg_block(sub: SubFigure, avg: np.ndarray, mask: np.ndarray, toks: list[str
     _ticks(ax, toks, n, span_in=width * 0.3, limit=tick_limit)
     ax.set_xlabel("key j")
     ax.set_ylabel("query i")
-    status = row_std_status(avg_std)
+    status = attn_stats.status(avg_std)
     ax.set_title(f"Head-AVERAGED \u03b2 over {h} heads \u2014 LOSSY\nrow_std {avg_std:.3f} "
                  f"{status} (averaging hides per-head patterns)", fontsize=10,
                  color="#c62828")
     cb = sub.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=35, pad=0.02)
     cb.set_label("log\u2081\u2080 \u03b2\u0304\u1d62\u2c7c", fontsize=9)
-    per_row = valid_row_std(avg, mask)
-    _row_bars(bx, per_row, "#4682b4", MEDIUM, "uniform threshold 0.05")
+    per_row = attn_stats.row_std_rows(avg, mask)
+    _row_bars(bx, per_row, "#4682b4", attn_stats.MEDIUM_THRESHOLD, "uniform threshold 0.05")
     bx.set_title("Row uniformity\nstd over valid keys", fontsize=9)
     bx.set_xlabel("std(\u03b2\u0304\u1d62\u00b7)", fontsize=8)
 
@@ -695,7 +626,7 @@ def _kl_block(sub: SubFigure, kl: np.ndarray, mask: np.ndarray, toks: list[str] 
                  fontsize=10)
     cb = sub.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=35, pad=0.02)
     cb.set_label("KL [nats]  (colour clipped at 99th percentile)", fontsize=9)
-    spread = valid_row_std(kl / kappa, mask)
+    spread = attn_stats.row_std_rows(kl / kappa, mask)
     mean_spread = float(np.nanmean(spread)) if np.isfinite(spread).any() else float("nan")
     _row_bars(bx, spread, "#ef8a62", thr, f"threshold {thr:g}")
     bx.set_title("KL spread per row\nstd(KL/\u03ba) over valid keys", fontsize=9)
@@ -749,7 +680,7 @@ def plot_head_heatmap(
     layer: int = 0,
     head: int = 0,
     batch: int = 0,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     self_masked: bool = False,
     log_scale: bool = False,
     caption: Mapping[str, Any] | None = None,
@@ -769,7 +700,7 @@ def plot_head_heatmap(
         layer: layer index.
         head: head index.
         batch: batch element.
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (default: full causal, ``self_masked`` / the caption's flag).
         self_masked: the diagonal is masked (overridden by ``caption`` if given).
         log_scale: log10 colour scale instead of linear.
         caption: optional caption dict (drawn under the title).
@@ -784,15 +715,15 @@ def plot_head_heatmap(
     labels = _check_labels(head_labels, h)
     toks = _check_tokens(tokens, n)
     masked = _self_masked(caption) if caption is not None else self_masked
-    mask = valid_key_mask(n, causal=causal, self_masked=masked)
+    mask = (keys or KeyPattern(mask_self=masked)).grid(n)
     mat = b[layer, batch, head]
     side = float(np.clip(0.22 * n + 2.5, 5.0, 11.0))
     fig = Figure(figsize=(side + 1.6, side + (0.8 if caption else 0.3)), layout="constrained")
     ax = fig.add_subplot(label=f"head:{head}")
     im = _single_heatmap(ax, mat, mask, toks, log=log_scale, span_in=side - 1.5,
                          limit=max_token_ticks, annotate=not log_scale)
-    std = float(head_row_std(mat, mask))
-    status = row_std_status(std)
+    std = float(attn_stats.row_std_valid(mat, mask, empty=np.nan))
+    status = attn_stats.status(std)
     ax.set_title(f"Layer {layer} \u00b7 head {head} ({labels[head]})   row_std {std:.3f} "
                  f"{status}", fontsize=11, color=STATUS_COLOURS[status])
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
@@ -813,7 +744,7 @@ def plot_all_heads(
     *,
     layer: int = 0,
     batch: int = 0,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     self_masked: bool = False,
     log_scale: bool = True,
     max_cols: int = 4,
@@ -829,7 +760,7 @@ def plot_all_heads(
         out: PNG path.
         layer: layer index.
         batch: batch element.
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (default: full causal, ``self_masked``).
         self_masked: the diagonal is masked.
         log_scale: log10 (default) or linear colour scale.
         max_cols: columns of the grid.
@@ -843,12 +774,12 @@ def plot_all_heads(
     _, _, h, n, _ = b.shape
     labels = _check_labels(head_labels, h)
     toks = _check_tokens(tokens, n)
-    mask = valid_key_mask(n, causal=causal, self_masked=self_masked)
+    mask = (keys or KeyPattern(mask_self=self_masked)).grid(n)
     rows, cols = _grid_shape(h, max_cols)
     panel = 3.6 if (toks is not None and n <= max_token_ticks) else 3.0
     fig = Figure(figsize=(panel * cols + 1.2, panel * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    stats = head_row_std(b[layer, batch], mask)
+    stats = attn_stats.row_std_valid(b[layer, batch], mask, empty=np.nan)
     im = None
     for idx, ax in enumerate(axes.flat):
         if idx >= h:
@@ -979,7 +910,7 @@ def topk_report(
     head_labels: Sequence[str] | None = None,
     batch: int = 0,
     layers: Sequence[int] | None = None,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     out: str | os.PathLike[str] | None = None,
 ) -> str:
     """Top-k attended tokens for every query (seed 004 text analysis), from the β given.
@@ -992,7 +923,7 @@ def topk_report(
         head_labels: optional labels (used in the header when ``head`` is given).
         batch: batch element.
         layers: layers to report (default all).
-        causal: only keys ``j <= i`` are ranked.
+        keys: the model's key pattern; only valid keys are ranked (default full causal).
         out: if given, the text is also written to this ``.txt`` path.
 
     Returns:
@@ -1008,23 +939,25 @@ def topk_report(
     else:
         lab = f" ({head_labels[head]})" if head_labels is not None else ""
         what = f"head {head}{lab}"
-    keys = "j \u2264 i" if causal else "all j"
+    keys = keys or KeyPattern()
+    mask = keys.grid(n)
     lines = [(f"Top-{k} attended tokens per query \u2014 {what}, batch element {batch}, "
-              f"keys {keys}")]
+              f"keys {'j \u2264 i' if keys == KeyPattern() else keys.describe()}")]
     for li in (range(n_layers) if layers is None else layers):
         mat = b[li, batch].mean(0) if head is None else b[li, batch, head]
         lines.append(f"\nLayer {li}:")
         for i in range(n):
-            lines.extend(_topk_lines(mat[i], i, toks, k, causal))
+            lines.extend(_topk_lines(mat[i], i, toks, k, mask[i]))
     text = "\n".join(lines) + "\n"
     if out is not None:
         _out_path(out).write_text(text, encoding="utf-8")
     return text
 
 
-def _topk_lines(row: np.ndarray, i: int, toks: list[str], k: int, causal: bool) -> list[str]:
-    """Lines for one query row."""
-    valid = np.arange(i + 1) if causal else np.arange(row.shape[0])
+def _topk_lines(row: np.ndarray, i: int, toks: list[str], k: int, valid: np.ndarray
+                ) -> list[str]:
+    """Lines for one query row (``valid``: its valid keys)."""
+    valid = np.flatnonzero(valid)
     order = valid[np.argsort(-row[valid], kind="stable")][:k]
     out = [f"  [{i:>3}] \u00ab{toks[i]}\u00bb attends most to:"]
     for rank, j in enumerate(order, 1):
@@ -1057,7 +990,7 @@ def plot_sample_heatmaps(
     tokens: Sequence[Sequence[str | bytes]] | None = None,
     samples: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     prefix: str = "recency",
     dpi: int = 150,
 ) -> list[FigureRecord]:
@@ -1070,7 +1003,7 @@ def plot_sample_heatmaps(
         tokens: optional per-sample token lists.
         samples: samples to draw (default all).
         layers: layers to draw (default all).
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (default full causal).
         prefix: file-name prefix.
         dpi: PNG resolution.
 
@@ -1080,7 +1013,7 @@ def plot_sample_heatmaps(
     b = _as_slhnn(beta)
     s_n, l_n, h, n, _ = b.shape
     labels = _check_labels(head_labels, h)
-    mask = valid_key_mask(n, causal=causal)
+    mask = (keys or KeyPattern()).grid(n)
     recs = []
     for s in (range(s_n) if samples is None else samples):
         toks = _check_tokens(tokens[s], n) if tokens is not None else None
@@ -1088,7 +1021,7 @@ def plot_sample_heatmaps(
             rows, cols = _grid_shape(h)
             fig = Figure(figsize=(3.0 * cols + 1.2, 3.0 * rows + 0.7), layout="constrained")
             axes = fig.subplots(rows, cols, squeeze=False)
-            stats = head_row_std(b[s, li], mask)
+            stats = attn_stats.row_std_valid(b[s, li], mask, empty=np.nan)
             im = None
             for idx, ax in enumerate(axes.flat):
                 if idx >= h:
@@ -1116,7 +1049,7 @@ def plot_recency_lines(
     *,
     samples: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     prefix: str = "recency",
     dpi: int = 150,
 ) -> list[FigureRecord]:
@@ -1133,7 +1066,7 @@ def plot_recency_lines(
         out_dir: output directory; files ``{prefix}_s{s}_L{l}_lines.png``.
         samples: samples to draw (default all).
         layers: layers to draw (default all).
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (default full causal).
         prefix: file-name prefix.
         dpi: PNG resolution.
 
@@ -1143,7 +1076,7 @@ def plot_recency_lines(
     b = _as_slhnn(beta)
     s_n, l_n, h, n, _ = b.shape
     labels = _check_labels(head_labels, h)
-    mask = valid_key_mask(n, causal=causal)
+    mask = (keys or KeyPattern()).grid(n)
     recv = np.where(mask, b, 0).sum(-2) / np.maximum(mask.sum(-2), 1)  # (S, L, H, N)
     recs = []
     for s in (range(s_n) if samples is None else samples):
@@ -1154,9 +1087,8 @@ def plot_recency_lines(
             bx.set_label("received")
             _last_query_lines(ax, b[s, li, :, -1, :], mask[-1], labels)
             _lines_by_head(bx, recv[s, li], labels)
-            bx.set_title("Average attention received per position\n(mean over queries "
-                         "i \u2265 j)" if causal else "Average attention received per position",
-                         fontsize=10)
+            bx.set_title("Average attention received per position\n(mean over the queries "
+                         "that may attend j)", fontsize=10)
             bx.set_xlabel("key position j")
             bx.set_ylabel("mean \u03b2\u1d62\u2c7c")
             fig.suptitle(f"Sample {s}, layer {li}: recency profile", fontsize=12,
@@ -1348,8 +1280,8 @@ def plot_kappa_sweep(
         cols = [i for i, x in enumerate(labels) if x == lab]
         ax.plot(ks, vals[:, cols].mean(1), color=_irrep_colour(lab), lw=2.6, ls="--",
                 marker="o", ms=4, label=f"{lab} (\u00d7{len(cols)}, mean)")
-    ax.axhline(SHARP, color=STATUS_COLOURS["SHARP"], ls=":", lw=1.2, label="SHARP > 0.10")
-    ax.axhline(MEDIUM, color=STATUS_COLOURS["MEDIUM"], ls=":", lw=1.2, label="MEDIUM > 0.05")
+    ax.axhline(attn_stats.SHARP_THRESHOLD, color=STATUS_COLOURS["SHARP"], ls=":", lw=1.2, label="SHARP > 0.10")
+    ax.axhline(attn_stats.MEDIUM_THRESHOLD, color=STATUS_COLOURS["MEDIUM"], ls=":", lw=1.2, label="MEDIUM > 0.05")
     if ks.size > 1 and ks.min() > 0 and ks.max() / ks.min() >= 10:
         ax.set_xscale("log")
     ax.set_xlabel("\u03ba (attention temperature)")
@@ -1366,7 +1298,8 @@ def plot_irrep_summary(
     out: str | os.PathLike[str],
     *,
     metric: str = "row_std",
-    thresholds: Sequence[tuple[float, str]] = ((SHARP, "SHARP"), (MEDIUM, "MEDIUM")),
+    thresholds: Sequence[tuple[float, str]] = ((attn_stats.SHARP_THRESHOLD, "SHARP"),
+                                                (attn_stats.MEDIUM_THRESHOLD, "MEDIUM")),
     dpi: int = 150,
 ) -> FigureRecord:
     """Bar per irrep (mean ± std over its heads and any leading axes) with the heads as dots.

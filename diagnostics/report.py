@@ -64,7 +64,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from diagnostics.metrics import row_std_label
+from gaugeformer import stats
+
 from diagnostics.validate import (
     CheckResult,
     Conclusion,
@@ -399,8 +400,8 @@ def to_markdown(report: ValidationReport) -> str:
         out += ["", "### Per-head row_std", "",
                 "| Head | Label | row_std | status | row_std (valid) | status (valid) |",
                 "|---|---|---|---|---|---|"]
-        out += [f"| {h.head} | {h.label} | {h.row_std:.4f} | {row_std_label(h.row_std)} | "
-                f"{h.row_std_valid:.4f} | {row_std_label(h.row_std_valid)} |" for h in lay.heads]
+        out += [f"| {h.head} | {h.label} | {h.row_std:.4f} | {stats.status(h.row_std)} | "
+                f"{h.row_std_valid:.4f} | {stats.status(h.row_std_valid)} |" for h in lay.heads]
         out += ["", "### Per-irrep row_std", "",
                 render_irrep_table(lay.irreps[modes[0]], lay.irreps["valid"] if both else None)]
         for m in modes:

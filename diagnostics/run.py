@@ -2,8 +2,8 @@
 
 :func:`run_report` is what ``scripts/validate_attention.py`` calls. It
 
-1. loads a model (:func:`diagnostics.loading.load_any_checkpoint`: reference ``.pt``, converted
-   or native checkpoint directory, or random weights from ``--config``);
+1. loads a model (:func:`gaugeformer.load`: reference ``.pt``, converted or training checkpoint
+   directory; or :func:`gaugeformer.loading.random_model` from ``--config``);
 2. builds the input batch ``[B, N]`` (text, validation windows of a dataset, random ids, or
    explicit ids) and its next-token targets ``tokens[:, 1:]``;
 3. runs one jitted inference forward that records β, KL and the beliefs entering every layer's
@@ -43,6 +43,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from gaugeformer import checkpoint as ckpt
+from gaugeformer.capture import capture_jit
+from gaugeformer.data.vocab import ModelTokenizer
+from gaugeformer.loading import load, random_model
+from gaugeformer.loss import cross_entropy, free_energy_loss
+from gaugeformer.model.lm import GaugeTransformerLM
+from gaugeformer.model.sow import flatten
+from gaugeformer.ops.attention import attention_logits, attention_weights
+from gaugeformer.stats import model_valid_keys
+from gaugeformer.train.loop import enable_compilation_cache
 
 from diagnostics import capture as C
 from diagnostics import report as report_io
@@ -107,7 +119,7 @@ class ReportInputs:
     special_ids: tuple[int, ...]
 
 
-def _special_ids(tok: C.TokenizerInfo | None) -> tuple[int, ...]:
+def _special_ids(tok: ModelTokenizer | None) -> tuple[int, ...]:
     """GPT-2's end-of-text id (mapped into a restricted vocabulary when kept); none for bytes."""
     if tok is None or tok.name != "gpt2":
         return ()
@@ -146,6 +158,7 @@ def build_inputs(
     seed: int = 0,
     tokenizer: str = "auto",
     special_ids: Sequence[int] | None = None,
+    saved_tokenizer: ModelTokenizer | None = None,
 ) -> ReportInputs:
     """The input batch for the report, first match wins: ``tokens``, ``random``, ``dataset``,
     ``text``, else a built-in text (random ids when no tokenizer fits the vocabulary).
@@ -162,12 +175,13 @@ def build_inputs(
         seed: seed of random ids.
         tokenizer: ``auto`` / ``gpt2`` / ``bytes``.
         special_ids: override the special-token ids (default: GPT-2's end-of-text when GPT-2).
+        saved_tokenizer: the checkpoint's tokenizer (used unless ``tokenizer`` names another).
     """
     seq_len = min(int(seq_len or cfg.max_seq_len), cfg.max_seq_len)
     count = max(1, int(batch or 1))
     if isinstance(data_files, (list, tuple)):
         data_files = C.parse_data_files(data_files)
-    tok: C.TokenizerInfo | None = None
+    tok: ModelTokenizer | None = None
     if tokens is not None:
         arr = _read_ids(tokens) if isinstance(tokens, str) else np.asarray(tokens)
         arr = np.atleast_2d(arr).astype(np.int64)
@@ -176,7 +190,7 @@ def build_inputs(
         arr = arr[: int(batch)] if batch else arr
         arr = arr[:, :seq_len]
         try:
-            tok = C.resolve_tokenizer(cfg.vocab_size, tokenizer)
+            tok = C.pick_tokenizer(cfg.vocab_size, tokenizer, saved_tokenizer)
         except ValueError:
             tok = None
         seqs = [C.sequence_from_ids(r, tok, f"given ids, row {k}") for k, r in enumerate(arr)]
@@ -184,14 +198,14 @@ def build_inputs(
         seqs = C.random_sequences(cfg.vocab_size, seq_len=seq_len, count=count, seed=seed,
                                   high=cfg.vocab_size)
     elif dataset is not None:
-        tok = C.resolve_tokenizer(cfg.vocab_size, tokenizer, vocab_dataset=dataset,
-                                  data_files=data_files)
+        tok = C.pick_tokenizer(cfg.vocab_size, tokenizer, saved_tokenizer, vocab_dataset=dataset,
+                               data_files=data_files)
         seqs = C.validation_sequences(dataset, tok, seq_len=seq_len, count=count,
                                       data_files=data_files)
     else:
         source = "user-provided text" if text else "built-in example text"
         try:
-            tok = C.resolve_tokenizer(cfg.vocab_size, tokenizer)
+            tok = C.pick_tokenizer(cfg.vocab_size, tokenizer, saved_tokenizer)
         except ValueError:
             if text:
                 raise
@@ -244,71 +258,27 @@ class Beliefs:
     logits: np.ndarray
 
 
-_JIT: dict[str, Callable] = {}
-
-
-def _jitted(name: str) -> Callable:
-    """Module-level jitted functions, created on first use (flax imported lazily)."""
-    if name not in _JIT:
-        from flax import nnx
-
-        from gaugeformer.model.lm import run_with_cache
-
-        _JIT["run"] = nnx.jit(run_with_cache, static_argnames=("sow", "train", "override_ffn_beta"))
-        _JIT["grad"] = nnx.jit(_gradients)
-        _JIT["ablate"] = nnx.jit(_ablation_ce, static_argnames=("override_ffn_beta",))
-    return _JIT[name]
-
-
 def capture_beliefs(model: Any, tokens: np.ndarray) -> Beliefs:
     """Inference forward (``train=False``) recording attention and beliefs of every layer."""
-    from gaugeformer.model.sow import SowConfig
-
-    cfg = model.cfg
     ids = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
-    logits, cache = _jitted("run")(model, ids, sow=SowConfig(attention=True, ffn=False,
-                                                             beliefs=True), train=False)
-    cache = jax.device_get(cache)
-    n_layers = cfg.n_layers
-
-    def stack(fmt: str) -> np.ndarray:
-        return np.stack([np.asarray(cache[fmt.format(l=i)], np.float32) for i in range(n_layers)])
-
-    beta, kl = stack("blocks.{l}.attn.hook_pattern"), stack("blocks.{l}.attn.hook_kl")
-    mu = stack("blocks.{l}.attn.hook_mu_in")
-    phi = np.stack([np.asarray(cache["hook_phi_composed" if i == 0 else
-                                     f"blocks.{i - 1}.hook_phi_out"], np.float32)
-                    for i in range(n_layers)])
-    sig_keys = ["embed.hook_sigma"] + [f"blocks.{i}.hook_sigma_out" for i in range(n_layers - 1)]
-    sigma = None
-    if "embed.hook_sigma" in cache:
-        mats, last = [], cache["embed.hook_sigma"]
-        for key in sig_keys:  # evolve_sigma=False: Σ entering a layer is the embedding's
-            last = cache.get(key, last)
-            mats.append(np.diagonal(np.asarray(last, np.float32), axis1=-2, axis2=-1))
-        sigma = np.stack(mats)
-    return Beliefs(beta, kl, mu, phi, sigma, np.asarray(logits, np.float32))
+    got = jax.device_get(capture_jit(model, ids, beliefs=True))
+    sigma = None if got.sigma_in is None else np.diagonal(got.sigma_in, axis1=-2, axis2=-1)
+    return Beliefs(*(np.asarray(x, np.float32) for x in (got.beta, got.kl, got.mu_in, got.phi_in)),
+                   None if sigma is None else np.asarray(sigma, np.float32),
+                   np.asarray(got.logits, np.float32))
 
 
 def _strong_types(model: Any) -> None:
     """Drop weak types from the model's arrays (a freshly initialised scalar parameter such as the
-    FFN step size is weakly typed, a loaded one is not), so native and converted models of one
-    config share every compiled function."""
-    from flax import nnx
-
-    state = nnx.state(model)
-    if any(getattr(x, "weak_type", False) for x in jax.tree.leaves(state)):
-        nnx.update(model, jax.tree.map(
-            lambda x: jnp.asarray(x, dtype=x.dtype) if getattr(x, "weak_type", False) else x,
-            state))
+    FFN step size is weakly typed, a loaded one is not), so trained, converted and random models
+    of one config share every compiled function."""
+    nnx.update(model, ckpt.strong_types(nnx.state(model)))
 
 
 def model_mask(cfg: Any, n: int) -> np.ndarray:
     """The model's key-validity mask ``[N, N]``: its causal pattern, the diagonal cleared (except
     in rows with no other key) when ``mask_self_attention``."""
-    from gaugeformer.ops.masks import valid_keys
-
-    return valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
+    return model_valid_keys(cfg, n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,11 +380,6 @@ class GradientFlow:
 
 def _gradients(model, tokens, targets):
     """Live and β-detached gradients of the free-energy loss (one compile)."""
-    from flax import nnx
-
-    from gaugeformer.loss import free_energy_loss
-    from gaugeformer.model.sow import flatten
-
     n_layers = model.cfg.n_layers
 
     def live(m):
@@ -435,9 +400,10 @@ def _gradients(model, tokens, targets):
     return loss, loss_det, g_live, g_det, dbeta
 
 
-def _flat_params(state) -> list[tuple[tuple, np.ndarray]]:
-    from flax import nnx
+_gradients_jit = nnx.jit(_gradients)
 
+
+def _flat_params(state) -> list[tuple[tuple, np.ndarray]]:
     out = []
     for path, var in nnx.to_flat_state(state):
         value = var.get_value() if hasattr(var, "get_value") else var
@@ -460,10 +426,8 @@ def gradient_flow(model: Any, tokens: np.ndarray) -> GradientFlow:
     are unchanged but no gradient flows through the attention weights; the difference per group is
     the gradient that reaches it through attention. The VFE FFN's own β is left live.
     """
-    from flax import nnx
-
     ids = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
-    loss, loss_det, g_live, g_det, dbeta = _jitted("grad")(
+    loss, loss_det, g_live, g_det, dbeta = _gradients_jit(
         model, ids, jnp.asarray(next_token_targets(ids)))
     live, det = _flat_params(g_live), _flat_params(g_det)
     order: list[str] = []
@@ -546,10 +510,11 @@ def ablation_betas(cfg: Any, batch: int, n: int) -> dict[str, np.ndarray]:
 
 
 def _ablation_ce(model, tokens, overrides, override_ffn_beta=False):
-    from gaugeformer.loss import cross_entropy
-
     logits = model(tokens, beta_override=overrides, override_ffn_beta=override_ffn_beta)
     return cross_entropy(logits[:, :-1], tokens[:, 1:])
+
+
+_ablation_ce_jit = nnx.jit(_ablation_ce, static_argnames=("override_ffn_beta",))
 
 
 def ablation_study(model: Any, tokens: np.ndarray, *, learned_logits: np.ndarray | None = None,
@@ -565,8 +530,6 @@ def ablation_study(model: Any, tokens: np.ndarray, *, learned_logits: np.ndarray
         override_ffn_beta: also replace the VFE FFN's internal β.
         variants: names from :func:`ablation_betas`.
     """
-    from gaugeformer.loss import cross_entropy
-
     cfg = model.cfg
     ids = jnp.asarray(np.atleast_2d(tokens), jnp.int32)
     b, n = ids.shape
@@ -574,7 +537,7 @@ def ablation_study(model: Any, tokens: np.ndarray, *, learned_logits: np.ndarray
         learned_logits = np.asarray(model(ids))
     losses = {"learned": float(cross_entropy(jnp.asarray(learned_logits)[:, :-1], ids[:, 1:]))}
     pats = ablation_betas(cfg, b, n)
-    fn = _jitted("ablate")
+    fn = _ablation_ce_jit
     for name in variants:
         ov = tuple(jnp.asarray(pats[name]) for _ in range(cfg.n_layers))
         losses[name] = float(fn(model, ids, ov, override_ffn_beta=override_ffn_beta))
@@ -593,8 +556,6 @@ def ablation_study(model: Any, tokens: np.ndarray, *, learned_logits: np.ndarray
 
 @functools.partial(jax.jit, static_argnames=("alibi", "floor"))
 def _resoftmax(kl, kappa, mask, *, alibi, floor):
-    from gaugeformer.ops.attention import attention_logits, attention_weights
-
     return attention_weights(attention_logits(kl, kappa, mask, alibi), floor)
 
 
@@ -626,10 +587,6 @@ def attention_kappa_sweep(cfg: Any, kl: np.ndarray, kappas: Sequence[float], *,
 def model_kappa_sweep(model: Any, tokens: np.ndarray, kappas: Sequence[float]) -> V.KappaSweep:
     """Per-head row_std against κ with the whole model re-run at each κ (attention and VFE FFN
     temperature). κ is a config constant, so every κ compiles the forward once (cached)."""
-    from flax import nnx
-
-    from gaugeformer.model.lm import GaugeTransformerLM
-
     cfg = model.cfg
     state = nnx.state(model)
 
@@ -895,7 +852,7 @@ def run_report(
     Args:
         checkpoint: reference ``.pt``, converted/native checkpoint directory, or None for random
             weights (``config`` then defines the model).
-        config: model config file (see :mod:`diagnostics.loading`).
+        config: model config file (YAML/JSON; :func:`gaugeformer.convert.recover.config_from_dict`).
         model: an already-built model (overrides ``checkpoint``/``config``).
         seq_len, text, dataset, data_files, random, tokens, batch, seed, tokenizer, special_ids:
             the input batch (:func:`build_inputs`).
@@ -913,22 +870,24 @@ def run_report(
         dpi: figure resolution.
         echo: prints the console report (None: silent).
     """
-    from diagnostics.loading import load_any_checkpoint
-
     if metrics not in V.MODES:
         raise ValueError(f"metrics must be one of {tuple(V.MODES)}, got {metrics!r}")
     if kappa_mode not in ("attention", "model"):
         raise ValueError(f"kappa_mode must be 'attention' or 'model', got {kappa_mode!r}")
+    saved_tokenizer = None
     if model is not None:
         cfg, desc = model.cfg, "given model"
     else:
         hint = C.BYTE_VOCAB if tokenizer == "bytes" else C.GPT2_VOCAB
-        model, cfg, desc = load_any_checkpoint(checkpoint, config=config, vocab_size_hint=hint,
-                                               seed=seed)
+        loaded = (load(checkpoint, config=config) if checkpoint is not None
+                  else random_model(config, vocab_size=hint, seed=seed))
+        model, cfg, desc = loaded.model, loaded.config, loaded.description
+        saved_tokenizer = loaded.tokenizer
         _strong_types(model)
     inputs = build_inputs(cfg, tokens=tokens, text=text, dataset=dataset, data_files=data_files,
                           random=random, seq_len=seq_len, batch=batch, seed=seed,
-                          tokenizer=tokenizer, special_ids=special_ids)
+                          tokenizer=tokenizer, special_ids=special_ids,
+                          saved_tokenizer=saved_tokenizer)
     idx = _parse_layers(layers, cfg.n_layers)
     sel = list(idx)
     n = inputs.tokens.shape[1]
@@ -1086,12 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> RunResult:
     """CLI entry point (``scripts/validate_attention.py``)."""
     args = build_parser().parse_args(argv)
-    try:
-        from gaugeformer.train.loop import enable_compilation_cache
-
-        enable_compilation_cache()
-    except ImportError:  # optional: the persistent compile cache only speeds up reruns
-        pass
+    enable_compilation_cache()
     try:
         return run_report(
             args.checkpoint, config=args.config, seq_len=args.seq_len, text=args.text,

@@ -47,13 +47,10 @@ from typing import Literal
 import jax
 import numpy as np
 
-from diagnostics.metrics import (
-    SHARP_THRESHOLD,
-    all_metrics,
-    row_std,
-    row_std_label,
-    row_std_status,
-)
+from gaugeformer import stats
+from gaugeformer.stats import SHARP_THRESHOLD
+
+from diagnostics.metrics import all_metrics, row_std
 
 Severity = Literal["info", "warning", "critical"]
 Mode = Literal["legacy", "valid"]
@@ -196,7 +193,7 @@ class IrrepRow:
 
     @property
     def status(self) -> str:
-        return row_std_label(self.row_std_mean)
+        return stats.status(self.row_std_mean)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,9 +319,6 @@ def irrep_summary(
     return tuple(rows)
 
 
-_TABLE_STATUS = {"SHARP": "✓ SHARP", "MEDIUM": "⚠️ MEDIUM", "UNIFORM": "❌ UNIFORM"}
-
-
 def render_irrep_table(rows: Sequence[IrrepRow], valid: Sequence[IrrepRow] | None = None) -> str:
     """Markdown table in seed 001's format (plus head counts and means); ``valid`` adds columns."""
     head = "| Head Type | Dimensionality | Heads | Typical row_std | Mean row_std | Status |"
@@ -336,11 +330,11 @@ def render_irrep_table(rows: Sequence[IrrepRow], valid: Sequence[IrrepRow] | Non
     for k, r in enumerate(rows):
         line = (
             f"| {r.label} ({r.kind}) | {r.dim} | {r.heads} | {r.row_std_min:.3f} - "
-            f"{r.row_std_max:.3f} | {r.row_std_mean:.4f} | {_TABLE_STATUS[r.status]} |"
+            f"{r.row_std_max:.3f} | {r.row_std_mean:.4f} | {stats.table_status(r.status)} |"
         )
         if valid is not None:
             v = valid[k]
-            line += f" {v.row_std_mean:.4f} | {_TABLE_STATUS[v.status]} |"
+            line += f" {v.row_std_mean:.4f} | {stats.table_status(v.status)} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -514,7 +508,7 @@ def _part4(c: _Ctx, mode: Mode) -> PartReport:
 
 
 def _head_counts(values: np.ndarray) -> tuple[int, int, int]:
-    labels = [row_std_label(v) for v in values]
+    labels = [stats.status(v) for v in values]
     return labels.count("SHARP"), labels.count("MEDIUM"), labels.count("UNIFORM")
 
 
@@ -1036,9 +1030,9 @@ def _render_heads(layer: LayerReport, modes: tuple[Mode, ...]) -> list[str]:
     lines = []
     for h in layer.heads:
         values = {"legacy": h.row_std, "valid": h.row_std_valid}
-        shown = [f"row_std={values[modes[0]]:.4f} [{row_std_status(values[modes[0]])}]"]
+        shown = [f"row_std={values[modes[0]]:.4f} [{stats.marked(values[modes[0]])}]"]
         if len(modes) == 2:
-            shown.append(f"valid={h.row_std_valid:.4f} [{row_std_status(h.row_std_valid)}]")
+            shown.append(f"valid={h.row_std_valid:.4f} [{stats.marked(h.row_std_valid)}]")
         lines.append(f"  Head {h.head:2d} ({h.label}): " + " | ".join(shown))
     return lines
 

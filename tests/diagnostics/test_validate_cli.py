@@ -32,7 +32,7 @@ import pytest  # noqa: E402
 
 from diagnostics import report as R  # noqa: E402
 from diagnostics import validate as V  # noqa: E402
-from diagnostics.loading import model_config_from_file  # noqa: E402
+from gaugeformer.convert.recover import config_from_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
@@ -62,7 +62,7 @@ def runs(tmp_path_factory):
     # native random-weight model: the publication-default config D (configs/publication_D.yaml)
     # at the fixture's vocabulary, so it shares D's compiled code (same config and shapes)
     cfg = base / "native_D.json"
-    native = model_config_from_file(ROOT / "configs" / "publication_D.yaml").replace(vocab_size=256)
+    native = config_from_file(ROOT / "configs" / "publication_D.yaml").cfg.replace(vocab_size=256)
     cfg.write_text(json.dumps(native.to_dict(), ensure_ascii=False))
     out = {"base": base}
     out["D"] = _run(mod, ["--checkpoint", str(FIX / "D_v256" / "best_model.pt"),
