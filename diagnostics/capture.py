@@ -48,7 +48,7 @@ from gaugeformer.data.tokenizer import GPT2_N_VOCAB as GPT2_VOCAB
 from gaugeformer.loading import Loaded, load, random_model
 from gaugeformer.stats import KL_UNIFORM_THRESHOLD
 
-from diagnostics.plots import format_tokens
+from diagnostics.figures import format_tokens
 
 __all__ = [
     "TokenSequence",
@@ -262,7 +262,7 @@ def capture_sequences(model: Any, seqs: Sequence[TokenSequence], *, progress: bo
 
 
 def caption_for(seq: TokenSequence, checkpoint: str, cfg: Any) -> dict[str, Any]:
-    """Caption dict of :mod:`diagnostics.plots` / :mod:`diagnostics.html` (with κ)."""
+    """Caption dict of :mod:`diagnostics.figures` / :mod:`diagnostics.html` (with κ)."""
     source = seq.source
     if cfg.attention_pattern != "full":
         source += f"; {cfg.attention_pattern} attention (window {cfg.attention_window})"
@@ -370,7 +370,7 @@ class ScriptResult:
     """What a script's ``main`` returns (for in-process callers and tests).
 
     Attributes:
-        figures: every :class:`~diagnostics.plots.FigureRecord` written.
+        figures: every :class:`~diagnostics.figures.FigureRecord` written.
         files: other files written (HTML, exports, reports).
         report: the console text.
         sequences: the input sequences.

@@ -11,17 +11,24 @@ sequences, capture (:func:`gaugeformer.capture.capture`), draw with the model's 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from gaugeformer.stats import KeyPattern
 
 from diagnostics import capture as C
 from diagnostics import recency as R
+from diagnostics import report as report_io
 from diagnostics import run as validate_run
+from diagnostics import validate as validate_checks
 from diagnostics.export import save_bertviz, save_circuitsvis
 from diagnostics.html import write_attention_html
-from diagnostics.plots import (
+from diagnostics.irreps import head_labels as irreps_head_labels
+from diagnostics.figures import (
     plot_all_heads,
     plot_attention_flow,
     plot_attention_with_context,
@@ -31,6 +38,8 @@ from diagnostics.plots import (
     plot_sample_heatmaps,
     topk_report,
 )
+from diagnostics.render import render_console
+from diagnostics.schema import MODES
 
 VISUALIZE_TEXT = "The transformer architecture has revolutionized natural language processing"
 ANALYZE_TEXT = "The cat sat on the mat. It was fluffy."
@@ -262,3 +271,54 @@ def analyze(argv: Sequence[str] | None = None) -> C.ScriptResult:
     if args.show_plots:
         C.show_pngs([f.path for f in figs])
     return C.ScriptResult(figs, files, header + report, [seq], cap, cfg, ckpt)
+
+
+def _layer_stack(data, prefix: str) -> np.ndarray | None:
+    keys = sorted((k for k in data.files if re.fullmatch(rf"{prefix}\d+", k)),
+                  key=lambda k: int(k[len(prefix):]))
+    return np.stack([data[k] for k in keys]) if keys else None
+
+
+def validate_npz(argv: Sequence[str] | None = None) -> int:
+    """The report from stored attention (e.g. a golden ``.npz`` with ``attn_beta_L{l}`` /
+    ``attn_kl_L{l}`` keys): ``python -m diagnostics.cli --npz FILE [--metrics both] [--json OUT]``."""
+    parser = argparse.ArgumentParser(description="The 9-part attention validation report of stored attention arrays.")
+    parser.add_argument("--npz", required=True,
+                        help="arrays: attn_beta_L{l} [B,H,N,N], optional attn_kl_L{l}, tokens, "
+                             "mu_final, phi_final, sigma_final")
+    parser.add_argument("--metrics", choices=tuple(MODES), default="legacy")
+    parser.add_argument("--irreps", default=None, help='e.g. "5x0e+3x1e+1x2e"')
+    parser.add_argument("--embed-dim", type=int, default=None)
+    parser.add_argument("--special-ids", type=int, nargs="*", default=())
+    parser.add_argument("--json", default=None, help="write the JSON report here")
+    parser.add_argument("--md", default=None, help="write the markdown report here")
+    args = parser.parse_args(argv)
+    data = np.load(args.npz)
+    beta = _layer_stack(data, "attn_beta_L")
+    if beta is None:
+        parser.error(f"{args.npz} has no attn_beta_L<l> arrays")
+    sigma = data["sigma_final"] if "sigma_final" in data.files else None
+    sigma_diag = None if sigma is None else np.diagonal(sigma, axis1=-2, axis2=-1)
+    labels = dims = None
+    if args.irreps:
+        labels, dims = irreps_head_labels(args.irreps, args.embed_dim)
+
+    def get(key):
+        return data[key] if key in data.files else None
+
+    rep = validate_checks.run_validation(
+        beta, _layer_stack(data, "attn_kl_L"), None, get("tokens"), mu=get("mu_final"),
+        phi=get("phi_final"), sigma_diag=sigma_diag, special_ids=args.special_ids,
+        head_labels=labels, head_dims=dims, mode=args.metrics,
+        meta={"source": str(args.npz), "irreps": args.irreps},
+    )
+    print(render_console(rep))
+    if args.json:
+        report_io.write_json(rep, args.json)
+    if args.md:
+        report_io.write_markdown(rep, args.md)
+    return 0
+
+
+if __name__ == "__main__":  # python -m diagnostics.cli --npz FILE
+    sys.exit(validate_npz())

@@ -27,7 +27,7 @@ from matplotlib import colormaps
 from gaugeformer import stats as attn_stats
 from gaugeformer.stats import KeyPattern
 
-from diagnostics.plots import format_tokens
+from diagnostics.figures.base import as_attention, format_tokens
 
 __all__ = ["render_attention_html", "write_attention_html"]
 
@@ -41,16 +41,6 @@ def _lut(name: str) -> list[str]:
     """256-entry ``#rrggbb`` lookup table of a matplotlib colormap."""
     rgba = colormaps[name](np.linspace(0, 1, 256))
     return ["#" + "".join(f"{round(255 * c):02x}" for c in px[:3]) for px in rgba]
-
-
-def _as_lbhnn(x: np.ndarray, name: str) -> np.ndarray:
-    """``(L, B, H, N, N)`` float64 with non-finite values zeroed."""
-    a = np.asarray(x, np.float64)
-    if a.ndim == 4:
-        a = a[None]
-    if a.ndim != 5 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"{name} must be (L, B, H, N, N) or (B, H, N, N); got {a.shape}")
-    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _caption_lines(caption: Mapping[str, Any], n: int, batch: int) -> list[str]:
@@ -130,8 +120,8 @@ def render_attention_html(
     Returns:
         The HTML text.
     """
-    b = _as_lbhnn(beta, "beta")
-    k = None if kl is None else _as_lbhnn(kl, "kl")
+    b = as_attention(beta, "beta")
+    k = None if kl is None else as_attention(kl, "kl")
     if k is not None and k.shape != b.shape:
         raise ValueError(f"kl shape {k.shape} != beta shape {b.shape}")
     n, h = b.shape[-1], b.shape[2]

@@ -1,4 +1,4 @@
-"""JSON / markdown writers and a JSON reader for :class:`diagnostics.validate.ValidationReport`.
+"""JSON / markdown writers and a JSON reader for :class:`diagnostics.schema.ValidationReport`.
 
 JSON schema, version 1
 ======================
@@ -61,12 +61,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gaugeformer import stats
 
-from diagnostics.validate import (
+from diagnostics.irreps import render_irrep_table
+from diagnostics.schema import (
     CheckResult,
     Conclusion,
     HeadRow,
@@ -76,7 +77,6 @@ from diagnostics.validate import (
     Scenario,
     Summary,
     ValidationReport,
-    render_irrep_table,
 )
 
 SCHEMA_VERSION = 1
@@ -368,7 +368,8 @@ def to_markdown(report: ValidationReport) -> str:
     modes = list(report.summaries)
     both = len(modes) == 2
     out = ["# Attention validation report", ""]
-    meta = ", ".join(f"{k}: {v}" for k, v in report.meta.items())
+    # mapping-valued meta (gradient flow, ablation, κ sweep details) is rendered as sections
+    meta = ", ".join(f"{k}: {v}" for k, v in report.meta.items() if not isinstance(v, Mapping))
     out.append(f"metrics: **{report.metrics_mode}** · layers: {len(report.layers)} · "
                f"batch element: {report.batch_index}" + (f" · {meta}" if meta else ""))
     out += ["", "## Overall", "", "| Mode | Passed | Critical | Warnings | Conclusion |",
@@ -417,11 +418,13 @@ def to_markdown(report: ValidationReport) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(report: ValidationReport, path: str | Path) -> Path:
-    """Write :func:`to_markdown` to ``path``. Returns the path."""
+def write_markdown(report: ValidationReport, path: str | Path, sections: Sequence[str] = ()
+                   ) -> Path:
+    """Write :func:`to_markdown` and the given extra ``sections`` (markdown text, e.g. the
+    gradient-flow and ablation tables) to ``path`` in one write. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(report), encoding="utf-8")
+    path.write_text(to_markdown(report) + "".join(sections), encoding="utf-8")
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from gaugeformer.stats import KeyPattern
 from gaugeformer.train.loop import AttentionSnapshot
 
-from diagnostics.plots import plot_attention_with_context, plot_training_curves
+from diagnostics.figures import plot_attention_with_context, plot_training_curves
 
 
 class TrainingFigures:

@@ -86,8 +86,9 @@ def _load_reference_file(path: Path, config: str | os.PathLike | None) -> Loaded
     meta = {"kind": "reference", "format": f"pytorch-reference ({parts.kind})",
             "source": str(path.absolute()), "step": parts.step, "config_source": rec.source,
             "config_notes": list(rec.notes), "best_val_loss": parts.best_val_loss,
-            "description": f"{path.parent.name}/{path.name} (reference {parts.kind}, "
-                           f"{rec.source})"}
+            "description": f"{path.parent.name}/{path.name} (reference "
+                           f"{'.pt' if parts.kind == 'torch.save' else parts.kind}, "
+                           f"{rec.source.removesuffix(' beside the checkpoint')})"}
     return Loaded(model, rec.cfg, default_tokenizer(rec.cfg.vocab_size), meta)
 
 

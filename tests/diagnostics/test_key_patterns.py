@@ -12,8 +12,11 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from diagnostics import html as HT  # noqa: E402
-from diagnostics import plots as P  # noqa: E402
+from diagnostics import figures as P  # noqa: E402
 from diagnostics import recency as R  # noqa: E402
+from diagnostics.figures import base as FB  # noqa: E402
+from diagnostics.figures import context as FC  # noqa: E402
+from diagnostics.figures import heads as FH  # noqa: E402
 from diagnostics.capture import capture_attention  # noqa: E402
 from gaugeformer import stats  # noqa: E402
 from gaugeformer.model.lm import GaugeTransformerLM  # noqa: E402
@@ -45,13 +48,14 @@ def test_figures_and_row_std_use_the_model_pattern(model_case, tmp_path, monkeyp
     keys = KeyPattern.of(cfg)
     mask = keys.grid(N)
     drawn = []
-    real = P._heatmap
+    real = FB._heatmap
 
     def spy(ax, mat, m, **kw):
         drawn.append(np.array(m))
         return real(ax, mat, m, **kw)
 
-    monkeypatch.setattr(P, "_heatmap", spy)
+    for module in (FC, FH):  # every module that draws heatmaps
+        monkeypatch.setattr(module, "_heatmap", spy)
     beta, kl = np.asarray(cap.beta), np.asarray(cap.kl)
     caption = {"source": f"{cfg.attention_pattern} test", "checkpoint": "random",
                "self_attention_masked": False}

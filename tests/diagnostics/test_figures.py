@@ -1,4 +1,4 @@
-"""Figures of diagnostics.plots render, have the expected panels and are not blank."""
+"""Figures of diagnostics.figures render, have the expected panels and are not blank."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from diagnostics import plots as P
+from diagnostics import figures as P
 from gaugeformer import stats
 from gaugeformer.stats import KeyPattern
 from diagnostics import recency as R
