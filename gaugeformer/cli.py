@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from gaugeformer.convert.convert import run as convert_run
+from gaugeformer.convert.recover import ConversionError, require_yaml_or_json
 from gaugeformer.train.config import ConfigError, load_run_config
 from gaugeformer.train.loop import enable_compilation_cache, train_and_evaluate
 
@@ -69,8 +70,9 @@ def train(argv: Sequence[str] | None = None) -> int:
     parser = train_parser()
     args = parser.parse_args(argv)
     try:
+        require_yaml_or_json(args.config)
         run_cfg = load_run_config(args.config, args.overrides)
-    except ConfigError as err:
+    except (ConfigError, ConversionError) as err:
         parser.error(str(err))
     if not args.no_compile_cache:
         enable_compilation_cache()

@@ -62,6 +62,12 @@ def test_seed_000_python_config_is_refused_with_the_fix(tmp_path):
         validate(["--config", str(tmp_path / "config.py"), "--random", "--no-plots"])
 
 
+def test_train_refuses_a_python_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.train(["--config", str(tmp_path / "config.py"), "--workdir", str(tmp_path / "w")])
+    assert exc.value.code == 2 and "YAML or JSON only" in capsys.readouterr().err
+
+
 def test_seed_004_random_model_flags(capsys):
     from diagnostics.capture import load_model_from_args
     from diagnostics.cli import analyze_parser

@@ -146,14 +146,21 @@ class RecoveredConfig:
     reference: dict | None = None
 
 
-def read_config_file(path: str | os.PathLike) -> dict:
-    """A YAML/JSON mapping (a Python file or other text is refused with the way to convert it)."""
+def require_yaml_or_json(path: str | os.PathLike) -> Path:
+    """``path`` if it names a YAML/JSON file; a Python config (seed 000's ``--config
+    transformer/config.py``) or other text is refused with the way to convert it."""
     path = Path(path)
     if path.suffix not in (".yaml", ".yml", ".json"):
         raise ConversionError(
             f"{path}: config files are YAML or JSON only (got {path.suffix or 'no suffix'}); fix: "
             "write the settings as a mapping, e.g. python -c 'import json; from m import cfg; "
             "print(json.dumps(cfg))' > config.json, or start from configs/tiny.yaml")
+    return path
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A YAML/JSON mapping (see :func:`require_yaml_or_json`)."""
+    path = require_yaml_or_json(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such config file")
     text = path.read_text()
