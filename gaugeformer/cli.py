@@ -26,7 +26,8 @@ TRAIN_DOC = """Train a gauge transformer from a YAML run file; rerunning on the 
         --set train.steps=2000 --set model.kappa_beta=0.5
 
 Multi-host (every host runs the same command; see README): add ``--set train.distributed=true``.
-Exit status: 0 done, 130 interrupted (checkpoint saved), 3 stopped on a NaN/inf, 2 bad input.
+Exit status: 0 done, 130 interrupted by Ctrl-C and 143 by SIGTERM or a preemption (a checkpoint
+saved either way), 3 stopped on a NaN/inf, 2 bad input.
 """
 
 CONVERT_DOC = """Convert a PyTorch reference checkpoint into a gaugeformer orbax checkpoint (and validate it).
@@ -82,7 +83,9 @@ def train(argv: Sequence[str] | None = None) -> int:
         print(f"\n[train] stopped: {err}", file=sys.stderr)
         return 3
     print(json.dumps(summary, indent=2, default=str))
-    return 130 if summary["status"] == "interrupted" else 0
+    if summary["status"] != "interrupted":
+        return 0
+    return 143 if summary["stop_signal"] in ("SIGTERM", "preemption") else 130
 
 
 def convert_parser() -> argparse.ArgumentParser:

@@ -131,6 +131,14 @@ def _closed(cj, args, rounding, respect):
     return _eval(cj, [], args, rounding, respect)
 
 
+def _scan_split(p) -> tuple[int, int]:
+    """``(number of consts, number of carries)`` of a scan equation."""
+    if "num_consts" in p:
+        return p["num_consts"], p["num_carry"]
+    consts, carry, _ = p["ft_in"].unpack()  # jax >= 0.10: operands are (consts, carry, xs)
+    return len(tuple(consts.vals)), len(tuple(carry.vals))
+
+
 # jax's own linear algebra pins Precision.HIGHEST inside (jnp.linalg.solve / inv): left as it is
 _OPAQUE = ("custom_linear_solve",)
 
@@ -148,7 +156,7 @@ def _eval_eqn(eqn, inv, rounding, respect):
         if not (respect and all(q == HIGHEST for q in _precisions(p))):
             inv = [round_operand(jnp.asarray(x), rounding) for x in inv]
         return eqn.primitive.bind(*inv, **p)
-    if name in ("pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
+    if name in ("pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint", "custom_jvp_call",
                 "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"):
         sub = p.get("jaxpr") or p.get("call_jaxpr") or p.get("fun_jaxpr")
         if sub is not None:
@@ -163,6 +171,16 @@ def _eval_eqn(eqn, inv, rounding, respect):
     if name == "cond":
         branches = [lambda *ops, br=br: _closed(br, list(ops), rounding, respect) for br in p["branches"]]
         return jax.lax.switch(inv[0], branches, *inv[1:])
+    if name == "scan":
+        nconst, ncarry = _scan_split(p)
+        consts, carry, xs = inv[:nconst], inv[nconst:nconst + ncarry], inv[nconst + ncarry:]
+
+        def body(c, x):
+            out = _closed(p["jaxpr"], consts + list(c) + list(x), rounding, respect)
+            return out[:ncarry], out[ncarry:]
+
+        carry, ys = jax.lax.scan(body, carry, xs, length=p["length"], reverse=p["reverse"])
+        return list(carry) + list(ys)
     if _contains_dot(p):
         raise NotImplementedError(f"emulate: contractions inside {name!r} are not handled")
     return eqn.primitive.bind(*inv, **p)

@@ -16,10 +16,16 @@ from gaugeformer.data.text import (
     make_wikitext_format_file,
     split_embedded_corpus,
 )
-from gaugeformer.data.tokenizer import ByteTokenizer, get_gpt2_encoding, get_tokenizer
+from gaugeformer.data.tokenizer import (
+    ByteTokenizer,
+    RestrictedTokenizer,
+    get_gpt2_encoding,
+    get_tokenizer,
+)
 
 __all__ = [
     "ByteTokenizer",
+    "RestrictedTokenizer",
     "DatasetUnavailableError",
     "EvalBatch",
     "EvalBatches",

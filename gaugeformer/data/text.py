@@ -36,7 +36,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gaugeformer.data.tokenizer import ByteTokenizer, Tokenizer, get_tokenizer
+from gaugeformer.data.tokenizer import (
+    ByteTokenizer,
+    Tokenizer,
+    get_tokenizer,
+    original_ids,
+    restrict_ids,
+)
 
 # Bump when the cleaning or tokenisation rules change: it is part of every cache key.
 CLEANING_VERSION = "wikitext-clean-ref826c807-v1"
@@ -192,15 +198,11 @@ class VocabMap:
 
     def apply(self, tokens: np.ndarray, unk: int) -> np.ndarray:
         """Map original ids to restricted ids, unknown ones to ``unk``."""
-        size = max(int(tokens.max(initial=-1)), int(self.kept_ids.max(initial=-1))) + 1
-        lut = np.full((size,), unk, dtype=np.int32)
-        lut[self.kept_ids] = np.arange(len(self.kept_ids), dtype=np.int32)
-        return lut[tokens]
+        return restrict_ids(tokens, self.kept_ids, unk)
 
     def to_original(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Restricted ids → original ids, dropping UNKs (as the reference's ``decode`` does)."""
-        arr = np.asarray(ids, dtype=np.int64)
-        return self.kept_ids[arr[(arr >= 0) & (arr < len(self.kept_ids))]]
+        return original_ids(ids, self.kept_ids)
 
 
 def build_vocab_map(train_tokens: np.ndarray, vocab_size: int) -> VocabMap:

@@ -148,20 +148,89 @@ class ByteTokenizer:
         return "ByteTokenizer(n_vocab=256)"
 
 
-def get_tokenizer(name: str = "gpt2") -> Tokenizer:
-    """Return a tokenizer by name.
+class RestrictedTokenizer:
+    """A tokenizer over the reference's restricted vocabulary (:class:`gaugeformer.data.text.VocabMap`).
+
+    Model id ``i < len(kept_ids)`` is the base tokenizer's id ``kept_ids[i]``; every other base id
+    encodes to the UNK id ``vocab_size − 1`` (the training split's UNK, the one the model learned),
+    and ``decode`` drops UNKs, as the reference's ``decode`` does.
+
+    Args:
+        base: the full tokenizer (``gpt2`` or ``bytes``).
+        kept_ids: original ids kept, ascending (saved with the model's checkpoint).
+        vocab_size: V of the model (default ``len(kept_ids) + 1``).
+    """
+
+    def __init__(self, base: Tokenizer, kept_ids: Sequence[int] | np.ndarray,
+                 vocab_size: int | None = None):
+        self.base = base
+        self.name = base.name
+        self.kept_ids = np.asarray(kept_ids, np.int64)
+        if self.kept_ids.ndim != 1 or np.any(np.diff(self.kept_ids) <= 0):
+            raise ValueError("kept_ids must be a 1-D ascending list of distinct token ids")
+        if len(self.kept_ids) and not 0 <= self.kept_ids[0] <= self.kept_ids[-1] < base.n_vocab:
+            raise ValueError(f"kept_ids must lie in [0, {base.n_vocab}) ({base.name} ids)")
+        self.vocab_size = len(self.kept_ids) + 1 if vocab_size is None else int(vocab_size)
+        if self.vocab_size <= len(self.kept_ids):
+            raise ValueError(f"vocab_size={self.vocab_size} leaves no UNK id after "
+                             f"{len(self.kept_ids)} kept ids")
+
+    @property
+    def n_vocab(self) -> int:
+        """The model's vocabulary size V."""
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """Restricted ids of ``text`` (UNK = V − 1 for ids outside the kept set)."""
+        return restrict_ids(self.base.encode(text), self.kept_ids, self.vocab_size - 1).tolist()
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of restricted ids; UNKs (ids ≥ ``len(kept_ids)``) are dropped."""
+        return self.base.decode(original_ids(tokens, self.kept_ids).tolist())
+
+    def __repr__(self) -> str:
+        return f"RestrictedTokenizer({self.name!r}, V={self.vocab_size})"
+
+
+def restrict_ids(ids: Sequence[int] | np.ndarray, kept_ids: np.ndarray, unk: int) -> np.ndarray:
+    """Original ids → restricted ids (position in ``kept_ids``), others → ``unk`` (int32)."""
+    ids = np.asarray(ids, np.int64)
+    size = max(int(ids.max(initial=-1)), int(kept_ids.max(initial=-1))) + 1
+    lut = np.full((size,), unk, dtype=np.int32)
+    lut[kept_ids] = np.arange(len(kept_ids), dtype=np.int32)
+    return lut[ids]
+
+
+def original_ids(ids: Sequence[int] | np.ndarray, kept_ids: np.ndarray) -> np.ndarray:
+    """Restricted ids → original ids, dropping UNKs (ids outside ``[0, len(kept_ids))``)."""
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    return np.asarray(kept_ids)[arr[(arr >= 0) & (arr < len(kept_ids))]]
+
+
+def get_tokenizer(name: str = "gpt2", *, kept_ids: Sequence[int] | np.ndarray | None = None,
+                  vocab_size: int | None = None) -> Tokenizer:
+    """Return a tokenizer by name, optionally restricted to a checkpoint's kept ids.
 
     Args:
         name: ``"gpt2"`` (tiktoken GPT-2 BPE, V = 50257) or ``"bytes"`` (UTF-8 bytes, V = 256).
+        kept_ids: a restricted vocabulary's original ids (:class:`RestrictedTokenizer`).
+        vocab_size: the restricted model's V (default ``len(kept_ids) + 1``).
 
     Returns:
         An object with ``name``, ``n_vocab``, ``encode`` and ``decode``.
 
     Raises:
-        ValueError: Unknown name.
+        ValueError: Unknown name, or kept ids that do not fit the tokenizer.
     """
     if name == "gpt2":
-        return get_gpt2_encoding()
-    if name == "bytes":
-        return ByteTokenizer()
-    raise ValueError(f"unknown tokenizer {name!r}; expected one of {TOKENIZER_NAMES}")
+        base = get_gpt2_encoding()
+    elif name == "bytes":
+        base = ByteTokenizer()
+    else:
+        raise ValueError(f"unknown tokenizer {name!r}; expected one of {TOKENIZER_NAMES}")
+    if kept_ids is None:
+        if vocab_size is not None and vocab_size != base.n_vocab:
+            raise ValueError(f"vocab_size={vocab_size} differs from {name}'s {base.n_vocab}: "
+                             "a restricted vocabulary needs its kept_ids")
+        return base
+    return RestrictedTokenizer(base, kept_ids, vocab_size)

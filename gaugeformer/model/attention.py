@@ -50,7 +50,7 @@ class GaugeAttention(nnx.Module):
             beta = jnp.broadcast_to(beta_override, beta.shape)
         hook(self, "hook_attn_scores", logits, sow)
         hook(self, "hook_kl", kl, sow)
-        hook(self, "hook_pattern", beta, sow)
+        beta = hook(self, "hook_pattern", beta, sow)
 
         sig_in = sigmas if cfg.evolve_sigma else None
         if diag:

@@ -6,8 +6,7 @@ from gaugeformer.config import ModelConfig
 from gaugeformer.model.attention import GaugeAttention
 from gaugeformer.model.common import LayerNorm, maybe_norm
 from gaugeformer.model.ffn import MLPFFN, VariationalFFN
-from gaugeformer.model.sow import ALL, SowConfig, hook
-from gaugeformer.ops import blocks
+from gaugeformer.model.sow import ALL, SowConfig, hook, hook_sigma
 
 
 class GaugeBlock(nnx.Module):
@@ -21,25 +20,27 @@ class GaugeBlock(nnx.Module):
 
     def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, force_residual: bool = False,
                  beta_override=None, override_ffn_beta: bool = False, sow: SowConfig = ALL):
-        """One block.  ``force_residual`` is the reference training forward's last block (§0.5)."""
+        """One block.  ``force_residual`` is the reference training forward's last block (§0.5).
+
+        ``sow`` is scoped to this block (``blocks.{l}.``); the attention sees ``attn.``, the FFN ``ffn.``.
+        """
         cfg = self.cfg
         residual = cfg.use_residual or force_residual
+        attn_sow, ffn_sow = sow.scope("attn."), sow.scope("ffn.")
         mu_a, sig_a, beta, kl = self.attn(
-            maybe_norm(self.norm1, mu), sigmas, phi, mask, beta_override, sow
+            maybe_norm(self.norm1, mu), sigmas, phi, mask, beta_override, attn_sow
         )
         mu = mu + mu_a if residual else mu_a
         if cfg.evolve_sigma and sig_a is not None:
             sigmas = sig_a
-        mu_in = maybe_norm(self.norm2, mu)
-        hook(self.ffn, "hook_mu_in", mu_in, sow)
+        mu_in = hook(self.ffn, "hook_mu_in", maybe_norm(self.norm2, mu), ffn_sow)
         ffn_override = beta_override.mean(axis=1) if (override_ffn_beta and beta_override is not None) else None
         mu_f, sig_f, phi = self.ffn(mu_in, sigmas, phi, mu_prior, mask, train=train,
-                                    beta_override=ffn_override, sow=sow)
+                                    beta_override=ffn_override, sow=ffn_sow)
         if cfg.evolve_sigma and sig_f is not None:
             sigmas = sig_f
         mu = mu + mu_f if residual else mu_f
-        hook(self, "hook_mu_out", mu, sow)
-        if sigmas.ndim == 5:
-            hook(self, "hook_sigma_out", blocks.merge_sigma(sigmas, cfg.layout), sow)
-        hook(self, "hook_phi_out", phi, sow)
+        mu = hook(self, "hook_mu_out", mu, sow)
+        sigmas = hook_sigma(self, "hook_sigma_out", sigmas, sow, cfg.layout)
+        phi = hook(self, "hook_phi_out", phi, sow)
         return mu, sigmas, phi, beta, kl

@@ -18,10 +18,13 @@ Derived defaults (filled in when the key is absent or ``null``):
 * ``model.vocab_size``: ``data.vocab_size`` if set, else the tokenizer's (GPT-2: 50257, bytes: 256).
   A ``model.vocab_size`` below the tokenizer's restricts the vocabulary like the reference does.
 * ``model.max_seq_len``: ``data.seq_len``.
-* ``optim.max_steps`` (length of the cosine schedule): ``train.steps``.
+* ``optim.max_steps`` (length of the cosine schedule, in updates): ``train.steps`` divided by
+  ``optim.accumulate_steps`` (rounded up).
 """
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -36,6 +39,7 @@ DATASETS = ("embedded", "wikitext-2", "wikitext-103")
 TOKENIZERS = ("gpt2", "bytes")
 TOKENIZER_VOCAB = {"gpt2": 50257, "bytes": 256}
 BEST_METRICS = ("eval/ce", "eval/loss_total")
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -126,6 +130,8 @@ class TrainConfig:
       stop_on_nonfinite: stop at the first NaN/inf in the loss, a gradient or an activation.
       init_from: checkpoint (run dir, ``checkpoints/`` or a step dir; e.g. a converted reference
         checkpoint) that a fresh run starts from: params, and optimizer state and step if stored.
+      profile_steps: ``[first, last]``: a ``jax.profiler`` trace of train steps first…last
+        (1-based, inclusive) in ``<workdir>/profile/`` (``None``: no trace).
     """
 
     steps: int = 300
@@ -142,11 +148,16 @@ class TrainConfig:
     distributed: bool = False
     stop_on_nonfinite: bool = True
     init_from: str | None = None
+    profile_steps: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints"):
             _at_least(f"train.{name}", getattr(self, name), 1)
         _choice("train.best_metric", self.best_metric, BEST_METRICS)
+        span = self.profile_steps
+        if span is not None and not (len(span) == 2 and 1 <= span[0] <= span[1]):
+            raise ConfigError(f"train.profile_steps={list(span)}: expected [first, last] with "
+                              "1 <= first <= last (1-based train steps)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -161,6 +172,8 @@ class LogConfig:
       attention_figures: per-layer, per-head attention figures of the fixed validation sequence
         (``attention/step_XXXXXX/``) and the row_std table at each evaluation.
       console_diagnostics: print the diversity line and the row_std table at evaluations.
+      tensorboard: also write every ``metrics.jsonl`` scalar to ``<workdir>/tensorboard/``
+        (needs ``tensorboardX``: ``pip install 'gaugeformer[tensorboard]'``).
     """
 
     log_every: int = 10
@@ -169,6 +182,7 @@ class LogConfig:
     curves: bool = True
     attention_figures: bool = True
     console_diagnostics: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self):
         _at_least("log.log_every", self.log_every, 1)
@@ -307,9 +321,13 @@ def build_run_config(raw: dict[str, Any]) -> RunConfig:
         model_raw["irreps"] = [tuple(e) if isinstance(e, list) else e for e in model_raw["irreps"]]
     sections["model"] = _build_section("model", model_raw)
     optim_raw = dict(raw.get("optim") or {})
-    if optim_raw.get("max_steps") is None:
+    derive_max = optim_raw.get("max_steps") is None
+    if derive_max:
         optim_raw["max_steps"] = sections["train"].steps
     sections["optim"] = _build_section("optim", optim_raw)
+    if derive_max:  # the schedule counts updates: one per optim.accumulate_steps batches
+        updates = math.ceil(sections["train"].steps / sections["optim"].accumulate_steps)
+        sections["optim"] = dataclasses.replace(sections["optim"], max_steps=updates)
     return RunConfig(**sections)
 
 
@@ -365,7 +383,9 @@ def _required(field: dataclasses.Field) -> bool:
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field annotation; ints become floats where floats are wanted."""
-    if annotation is Any or annotation is typing.Any:
+    if annotation is Any or annotation is typing.Any:  # model.irreps: a string or a list
+        if not isinstance(value, (str, list, tuple)):
+            raise ConfigError(f"{key}: expected a string or a list, got {value!r}")
         return value
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -393,6 +413,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -10,7 +10,8 @@ fetched first, so a checkpoint is only ever written from a state whose every ste
 Work at step boundaries, in this order: NaN/inf check and logging of the previous step; evaluation
 (``train.eval_every`` and the last step: CE/PPL over the whole validation split, attention figures
 and the row_std table on a fixed validation sequence, curves, best checkpoint); checkpoint
-(``train.checkpoint_every``, the last step, Ctrl-C); user hooks ``(every, fn)``.
+(``train.checkpoint_every``, the last step, Ctrl-C, SIGTERM, an orbax preemption point; see
+:mod:`gaugeformer.train.integrations`); user hooks ``(every, fn)``.
 
 Parallelism: a 1-D ``jax.sharding.Mesh`` over every device with the axis ``data``. Batches are
 sharded along it (each process contributes its rows with ``make_array_from_process_local_data``);
@@ -20,7 +21,8 @@ runs on one CPU, one GPU, a TPU slice and, with ``train.distributed: true`` (whi
 
 Files in the workdir: ``run_config.yaml`` (resolved), ``metrics.jsonl`` (one JSON object per logged
 step, ``"split"`` = ``train`` | ``eval``), ``metrics.csv``, ``curves.png``,
-``attention/step_XXXXXX/`` (figures and ``row_std.md``), ``checkpoints/``, ``best/``.
+``attention/step_XXXXXX/`` (figures and ``row_std.md``), ``checkpoints/``, ``best/``, and optionally
+``tensorboard/`` (``log.tensorboard``) and ``profile/`` (``train.profile_steps``).
 """
 
 import csv
@@ -29,8 +31,6 @@ import functools
 import json
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,6 +60,7 @@ from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.model.sow import flatten
 from gaugeformer.train import metrics as mlib
 from gaugeformer.train.config import ConfigError, DataConfig, RunConfig
+from gaugeformer.train.integrations import GracefulInterrupt, StepProfiler, open_tensorboard
 from gaugeformer.train.optim import OptimConfig, build_optimizer
 
 DATA_AXIS = "data"
@@ -225,8 +226,11 @@ class RunLog:
         self.jsonl = workdir / "metrics.jsonl"
         self.csv = workdir / "metrics.csv"
         self.bar = None
+        self.tensorboard = None
         if active:
             self._truncate_after(start_step)
+            if run_cfg.log.tensorboard:
+                self.tensorboard = open_tensorboard(workdir / "tensorboard", start_step)
             if run_cfg.log.progress:
                 from tqdm.auto import tqdm
 
@@ -245,6 +249,13 @@ class RunLog:
         if self.active:
             with self.jsonl.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(mlib.ordered(record), ensure_ascii=False) + "\n")
+            if self.tensorboard is not None:
+                split = record.get("split", "train")
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                            and key not in ("step", "split"):
+                        tag = key if key.startswith(f"{split}/") else f"{split}/{key}"
+                        self.tensorboard.add_scalar(tag, value, record["step"])
 
     def records(self) -> list[dict]:
         if not self.jsonl.exists():
@@ -307,36 +318,13 @@ class RunLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 # ----------------------------------------------------------------------------------------------
-# Ctrl-C and compile counting
+# Compile counting
 # ----------------------------------------------------------------------------------------------
-
-
-class GracefulInterrupt:
-    """First Ctrl-C: finish the current step, save, return. Second Ctrl-C: abort at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\n[train] Ctrl-C: saving a checkpoint after this step (Ctrl-C again to abort)",
-              flush=True)
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
 
 
 class _CompileCounter:
@@ -415,6 +403,7 @@ class Trainer:
             raise
         self.step = self.start_step
         self.log = RunLog(self.workdir, run_cfg, self.start_step, self.main, figures)
+        self.profiler = StepProfiler(self.workdir / "profile", run_cfg.train.profile_steps)
         self._tick = (time.perf_counter(), self.start_step)
         self.tokens_per_sec = 0.0
         self.train_compiles = 0
@@ -451,8 +440,14 @@ class Trainer:
     def _init_state(self) -> tuple[GaugeTransformerLM, nnx.Optimizer, int]:
         latest = self.ckpt.latest_step()
         if latest is not None:
-            restored = self.ckpt.restore(latest, optimizer_template=self._template(),
-                                         sharding=self.place.replicated)
+            try:
+                restored = self.ckpt.restore(latest, optimizer_template=self._template(),
+                                             sharding=self.place.replicated)
+            except ValueError as err:  # orbax: the optimizer state's tree differs
+                raise ConfigError(
+                    f"checkpoint {latest} has an optimizer state of another structure (was "
+                    "optim.accumulate_steps changed?); keep the run's optim settings or use a "
+                    f"new --workdir ({str(err).splitlines()[0]})") from err
             self._check_resume(restored)
             self.resumed_from = latest
         elif self.cfg.train.init_from:
@@ -534,21 +529,30 @@ class Trainer:
                     if stop.requested:
                         break
                     self._one_step(index)
+                    if self.ckpt.latest.reached_preemption(self.step):
+                        stop.requested, stop.signal = True, "preemption"
+                        self.log.print(f"[train] preemption at step {self.step}: saving")
                 self._flush()
                 if stop.requested and self.step < self.cfg.train.steps:
                     status = "interrupted"
                     self._save(self.step)
         finally:
+            self.profiler.stop()
             self.ckpt.close()
             self.log.close()
         self.log.write_csv()
-        return self._summary(status, time.perf_counter() - t0)
+        summary = self._summary(status, time.perf_counter() - t0)
+        summary["stop_signal"] = stop.signal
+        summary["paths"]["profile"] = str(self.profiler.directory) if self.profiler.span else None
+        return summary
 
     def _one_step(self, index: int) -> None:
         x, y = self.place.put_batch(*self.batches.batch(index))
         before = _CompileCounter.count
+        self.profiler.before(index + 1)
         metrics = train_step(self.model, self.optimizer, x, y, weights=self.weights,
                              optim_cfg=self.cfg.optim)
+        self.profiler.after(index + 1, metrics)
         if index > self.start_step:
             self.train_compiles += _CompileCounter.count - before
         self._flush()

@@ -162,7 +162,7 @@ def step_metrics(cfg: ModelConfig, optim_cfg: optim.OptimConfig, loss_metrics: d
     (``run_with_cache`` names) and the gradients."""
     out = dict(loss_metrics)
     out["ppl"] = jnp.exp(loss_metrics["loss/ce"])
-    out.update(learning_rates(step, optim_cfg))
+    out.update(learning_rates(optim_cfg.update_index(step), optim_cfg))
     out.update(grad_norms(grads, optim_cfg.clean_groups))
     n = hooks["blocks.0.attn.hook_pattern"].shape[-1]
     mask = model_valid_keys(cfg, n)

@@ -18,6 +18,14 @@ to the ``mu`` group without decay.
 The schedule is the reference's LambdaLR factor ``t/warmup`` then ``½(1 + cos(π_ref (t-warmup)/(T-warmup)))``
 with ``π_ref = 3.14159`` as the reference writes it (``pi=math.pi`` in the clean setting).  Clipping matches
 ``torch.nn.utils.clip_grad_norm_``: ``g · min(1, max_norm / (‖g‖ + 1e-6))``.
+
+Gradient accumulation (``accumulate_steps = k > 1``): ``optax.MultiSteps`` averages the gradients
+of k consecutive batches and applies the whole chain above (clip, AdamW, schedule) once to that
+mean; the k − 1 calls in between leave the parameters unchanged.  The schedule and AdamW's bias
+correction count *updates*, so ``warmup_steps`` and ``max_steps`` are in updates.  Every training
+batch has B·N valid targets, so the mean of the k batch-mean losses is the loss of one batch of
+k·B rows and k accumulated batches equal one batch of k·B (to float32 rounding); with ignored
+targets (-100) the batch means would weigh batches, not tokens, and the two would differ.
 """
 
 import dataclasses
@@ -46,6 +54,15 @@ class OptimConfig:
     max_steps: int = 20000
     schedule_pi: float = 3.14159
     clean_groups: bool = False
+    accumulate_steps: int = 1
+
+    def __post_init__(self):
+        if self.accumulate_steps < 1:
+            raise ValueError(f"optim.accumulate_steps must be >= 1, got {self.accumulate_steps}")
+
+    def update_index(self, micro_step):
+        """0-based update number of 0-based training batch ``micro_step``."""
+        return micro_step // self.accumulate_steps
 
 
 def group_of(path: tuple, clean_groups: bool = False) -> str:
@@ -98,7 +115,8 @@ def group_weight_decay(group: str, cfg: OptimConfig) -> float:
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """``chain(clip, multi_transform({group: adamw}))`` with labels from :func:`group_of`."""
+    """``chain(clip, multi_transform({group: adamw}))`` with labels from :func:`group_of`, inside
+    ``optax.MultiSteps`` when ``accumulate_steps > 1``."""
 
     def adamw(group):
         lr = group_lr(group, cfg)
@@ -108,17 +126,19 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     def labels(params):
         return jax.tree_util.tree_map_with_path(lambda path, _: group_of(_names(path), cfg.clean_groups), params)
 
-    return optax.chain(
+    tx = optax.chain(
         torch_clip_by_global_norm(cfg.grad_clip),
         optax.multi_transform({g: adamw(g) for g in GROUPS}, labels),
     )
+    if cfg.accumulate_steps == 1:
+        return tx
+    return optax.MultiSteps(tx, every_k_schedule=cfg.accumulate_steps).gradient_transformation()
 
 
 def learning_rates(step: int, cfg: OptimConfig) -> dict[str, float]:
     """Per-group learning rate used at ``step`` (for logging)."""
     f = float(schedule_factor(step, cfg))
     return {g: group_lr(g, cfg) * f for g in GROUPS}
-
 
 
 def build_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:

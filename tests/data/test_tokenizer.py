@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gaugeformer.data import tokenizer as tk
@@ -66,3 +67,39 @@ def test_byte_tokenizer():
     assert bt.decode([0xFF]) == "\ufffd"
     assert bt.encode_batch(["a", "b"]) == [[97], [98]]
     assert isinstance(bt, tk.Tokenizer)
+
+
+def test_restricted_tokenizer_round_trip_and_unk():
+    """kept ids [104, 105, 108] of the byte tokenizer ('h', 'i', 'l'): V = 4, UNK = 3."""
+    tok = tk.get_tokenizer("bytes", kept_ids=[104, 105, 108])
+    assert isinstance(tok, tk.RestrictedTokenizer) and tok.n_vocab == 4 and tok.name == "bytes"
+    assert tok.encode("hill") == [0, 1, 2, 2]
+    assert tok.encode("hello") == [0, 3, 2, 2, 3]  # 'e', 'o' are not kept -> UNK
+    assert tok.decode([0, 1, 2, 2]) == "hill"
+    assert tok.decode([0, 3, 2, 2, 3]) == "hll"  # UNKs dropped, as the reference's decode does
+    wide = tk.get_tokenizer("bytes", kept_ids=[104, 105], vocab_size=8)
+    assert wide.n_vocab == 8 and wide.encode("hix") == [0, 1, 7]
+
+
+def test_restricted_tokenizer_matches_vocab_map():
+    from gaugeformer.data.text import build_vocab_map
+
+    ids = np.array([5, 5, 9, 7, 9, 5, 2, 11], np.int64)
+    vmap = build_vocab_map(ids, 4)  # three most frequent: 5, 9, then 7 (first seen of the ties)
+    tok = tk.RestrictedTokenizer(tk.ByteTokenizer(), vmap.kept_ids, vmap.vocab_size)
+    assert list(vmap.kept_ids) == [5, 7, 9]
+    text = bytes([5, 9, 2, 7]).decode()
+    assert tok.encode(text) == vmap.apply(np.array([5, 9, 2, 7]), vmap.train_unk).tolist()
+    assert tok.encode(text) == [0, 2, 3, 1]
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"kept_ids": [3, 2]}, "ascending"),
+    ({"kept_ids": [1, 300]}, "[0, 256)"),
+    ({"kept_ids": [1, 2], "vocab_size": 2}, "no UNK"),
+    ({"vocab_size": 100}, "needs its kept_ids"),
+])
+def test_restricted_tokenizer_errors(kwargs, needle):
+    with pytest.raises(ValueError) as err:
+        tk.get_tokenizer("bytes", **kwargs)
+    assert needle in str(err.value)

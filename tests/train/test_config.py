@@ -94,12 +94,26 @@ def test_model_vocab_below_tokenizer_restricts():
     ("data.seq_len=32", "exceeds model.max_seq_len"),
     ("model.vocab_size=300", "model.vocab_size=300 does not match"),
     ("steps=3", "section.key"),
+    ("model.kappa_beta=abc", "model.kappa_beta: expected a number, got 'abc'"),
+    ("train.steps=1.5", "train.steps: expected an integer, got 1.5"),
+    ("model.irreps=3", "model.irreps: expected a string or a list"),
+    ("optim.mu_lr=1e-3x", "optim.mu_lr: expected a number"),
+    ("train.profile_steps=[3, 2]", "train.profile_steps=[3, 2]"),
+    ("train.profile_steps=4", "train.profile_steps: expected a list"),
+    ("optim.accumulate_steps=0", "optim.accumulate_steps must be >= 1"),
+    ("log.tensorboard=yes please", "log.tensorboard: expected true/false"),
 ])
 def test_errors_name_the_key(override, needle):
     raw = {**MINIMAL, "model": {**MINIMAL["model"], "max_seq_len": 16}}
     with pytest.raises(ConfigError) as err:
         build_run_config(apply_overrides(raw, [override]))
-    assert needle in str(err.value)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_exponent_floats_read_as_numbers():
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a float field takes it as the number."""
+    cfg = build_run_config(apply_overrides(MINIMAL, ["optim.mu_lr=1e-3", "model.kappa_beta=2E0"]))
+    assert cfg.optim.mu_lr == 0.001 and cfg.model.kappa_beta == 2.0
 
 
 def test_unknown_key_lists_valid_keys():

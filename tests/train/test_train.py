@@ -4,6 +4,7 @@ All runs share one tiny configuration (1 layer, K=4, N=16, B=4, bytes of the emb
 the train and eval steps compile once per session (and come from the persistent cache after that).
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from gaugeformer.train import loop
 from gaugeformer.train.config import ConfigError, RunConfig, apply_overrides, build_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboardX") is not None
 BASE = {
     "model": {"embed_dim": 4, "irreps": "1x0e+1x1e", "n_layers": 1, "kappa_beta": 1.0,
               "ffn": "mlp", "hidden_dim": 8},
@@ -58,7 +60,8 @@ def params_of(path: Path) -> dict:
 def run_a(tmp_path_factory):
     """An uninterrupted 6-step run with figures and curves at the final evaluation."""
     workdir = tmp_path_factory.mktemp("run_a")
-    cfg = make_cfg("log.attention_figures=true", "log.curves=true")
+    cfg = make_cfg("log.attention_figures=true", "log.curves=true", "train.profile_steps=[2, 3]",
+                   f"log.tensorboard={str(HAS_TENSORBOARD).lower()}")
     before = loop.train_step.jitted_fn._cache_size()
     summary = loop.train_and_evaluate(cfg, workdir, figures=FIGURES)
     summary["cache_entries_added"] = loop.train_step.jitted_fn._cache_size() - before
@@ -104,6 +107,42 @@ def test_outputs(run_a):
     assert (workdir / "best" / "6").is_dir()
 
 
+def read_tensorboard(directory: Path) -> dict[tuple[str, int], float]:
+    """``{(tag, step): value}`` of the scalar events (TFRecord framing: length, crc, data, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        raw, pos = path.read_bytes(), 0
+        while pos < len(raw):
+            n = int.from_bytes(raw[pos:pos + 8], "little")
+            event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+            pos += 16 + n
+            for v in event.summary.value:
+                out[(v.tag, event.step)] = v.simple_value
+    return out
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboardX not installed (optional extra)")
+def test_tensorboard_mirrors_metrics_jsonl(run_a):
+    workdir, _ = run_a
+    events = read_tensorboard(workdir / "tensorboard")
+    recs = train_records(workdir)
+    for step in range(1, 7):
+        for key in ("loss/ce", "loss/total", "grad_norm/total", "attn/L0/h1/row_std"):
+            assert events[(f"train/{key}", step)] == pytest.approx(recs[step][key], rel=1e-6)
+    evals = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in evals if r["split"] == "eval"][-1]
+    assert events[("eval/ce", 6)] == pytest.approx(final["eval/ce"], rel=1e-6)
+
+
+def test_profile_steps_write_a_trace(run_a):
+    workdir, summary = run_a
+    traces = list((workdir / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+    assert summary["paths"]["profile"] == str(workdir / "profile")
+
+
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
     from gaugeformer.checkpoint import Checkpointer, make_save_args, model_from_restored
@@ -144,6 +183,78 @@ def test_exact_resume_after_ctrl_c_and_killed_save(run_a, tmp_path):
         assert ra[step]["loss/total"] == rb[step]["loss/total"]
         assert ra[step]["grad_norm/total"] == rb[step]["grad_norm/total"]
     assert second["eval"]["eval/ce"] == summary_a["eval"]["eval/ce"]
+
+
+SIGTERM_CHILD = textwrap.dedent("""
+    import json, sys, time
+    from gaugeformer.train.config import RunConfig
+    from gaugeformer.train.loop import enable_compilation_cache, train_and_evaluate
+    enable_compilation_cache()
+
+    def slow(ctx):  # leave the parent time to send SIGTERM mid-run
+        print(f"step {ctx.step}", flush=True)
+        time.sleep(0.5)
+
+    summary = train_and_evaluate(RunConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2],
+                                 hooks=[(1, slow)])
+    print(json.dumps({k: summary[k] for k in ("status", "step", "stop_signal",
+                                              "latest_checkpoint")}))
+""")
+
+
+def test_sigterm_saves_then_resumes_exactly(run_a, tmp_path):
+    """A preempted training process (SIGTERM) saves its step and exits; the rerun continues
+    bit-identically to the uninterrupted run."""
+    work_a, summary_a = run_a
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, json.dumps(make_cfg().to_dict()),
+                             str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.strip() == "step 2":
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    child = json.loads(out.strip().splitlines()[-1])
+    assert child["status"] == "interrupted" and child["stop_signal"] == "SIGTERM"
+    assert 2 <= child["step"] < 6 and child["latest_checkpoint"] == child["step"]
+    resumed = loop.train_and_evaluate(make_cfg(), tmp_path)
+    assert resumed["resumed_from"] == child["step"] and resumed["status"] == "completed"
+    pa, pb = params_of(work_a / "checkpoints" / "6"), params_of(tmp_path / "checkpoints" / "6")
+    for key in pa:
+        np.testing.assert_array_equal(pa[key], pb[key], err_msg=str(key))
+    ra, rb = train_records(work_a), train_records(tmp_path)
+    for step in range(1, 7):
+        assert ra[step]["loss/total"] == rb[step]["loss/total"], step
+    assert resumed["eval"]["eval/ce"] == summary_a["eval"]["eval/ce"]
+
+
+def test_orbax_preemption_point_saves_and_stops(tmp_path, monkeypatch):
+    """Multi-host preemption (orbax's ``reached_preemption`` sync point, here forced at step 2):
+    the loop saves that step and returns, like SIGTERM."""
+    import orbax.checkpoint as ocp
+
+    monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption",
+                        lambda self, step: step == 2)
+    summary = loop.train_and_evaluate(make_cfg(), tmp_path)
+    assert summary["status"] == "interrupted" and summary["stop_signal"] == "preemption"
+    assert summary["step"] == 2 and summary["latest_checkpoint"] == 2
+
+
+def test_generate_cli_on_a_run(run_a, capsys):
+    """``scripts/generate.py`` on a training run: ids in, ids out (= the library call), text."""
+    from gaugeformer.generate import generate
+
+    spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" / "generate.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    workdir, _ = run_a
+    assert cli.main([str(workdir), "--ids", "104", "105", "--max-new-tokens", "4",
+                     "--temperature", "0"]) == 0
+    ids = [int(t) for t in capsys.readouterr().out.split()]
+    assert ids == generate(gf.load(workdir).model, [104, 105], max_new_tokens=4, temperature=0)
+    assert cli.main([str(workdir / "checkpoints" / "3"), "hi", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("hi")
 
 
 def test_nan_stops_naming_step_layer_and_tensor(tmp_path):
@@ -195,6 +306,8 @@ def test_resume_refuses_another_model(run_a):
     workdir, _ = run_a
     with pytest.raises(ConfigError, match="model config differs"):
         loop.train_and_evaluate(make_cfg("model.kappa_beta=2.0"), workdir)
+    with pytest.raises(ConfigError, match="optim.accumulate_steps changed"):
+        loop.train_and_evaluate(make_cfg("optim.accumulate_steps=2"), workdir)
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
