@@ -6,32 +6,40 @@ Public entry points (imported lazily, so ``import diagnostics`` stays cheap)::
     res = run_report("tests/fixtures/T_A_v256/best_model.pt", text="def f(x): return x",
                      json_path="report.json")
 
-``run_report`` (:mod:`diagnostics.run`) is the whole report; ``all_metrics`` / ``row_std``
-(:mod:`diagnostics.metrics`) the jitted metrics; ``validate`` / ``run_validation`` /
-``render_console`` / ``kappa_sweep`` / ``irrep_summary`` (:mod:`diagnostics.validate`) the report
-logic on precomputed metrics (``validate_metrics`` is ``diagnostics.validate.validate``: the name
-``diagnostics.validate`` stays the module); ``write_json`` / ``read_json`` / ``check_schema`` /
-``write_markdown`` (:mod:`diagnostics.report`) the files; ``load_any_checkpoint``
-(:mod:`diagnostics.loading`) and ``capture_attention`` (:mod:`diagnostics.capture`) the model side.
+The package, one idea per module:
+
+* the report: :mod:`~diagnostics.run` (``run_report``, end to end) built from
+  :mod:`~diagnostics.inputs` (the batch), :mod:`~diagnostics.metrics` (jitted metrics),
+  :mod:`~diagnostics.validate` (the nine checks), :mod:`~diagnostics.gradflow` (part 8),
+  :mod:`~diagnostics.ablation` (part 9), :mod:`~diagnostics.kappa` (the κ sweep),
+  :mod:`~diagnostics.irreps` (per-irrep table), :mod:`~diagnostics.summary` (counting,
+  conclusions, scenarios), :mod:`~diagnostics.schema` (the records), rendered by
+  :mod:`~diagnostics.render` (console) and :mod:`~diagnostics.report` (JSON schema, markdown);
+* figures: :mod:`~diagnostics.figures`, :mod:`~diagnostics.html`, :mod:`~diagnostics.export`,
+  :mod:`~diagnostics.recency`; the training loop's figures: :mod:`~diagnostics.training`;
+* the command lines: :mod:`~diagnostics.cli` (sequences and captions: :mod:`~diagnostics.capture`).
+
+Models load with :func:`gaugeformer.load`; attention statistics and masks are
+:mod:`gaugeformer.stats`.
 """
 
 import importlib
 
 _EXPORTS = {
-    "run_report": "run", "gradient_flow": "run", "ablation_study": "run",
-    "attention_kappa_sweep": "run", "build_inputs": "run",
+    "run_report": "run", "gradient_flow": "gradflow", "ablation_study": "ablation",
+    "attention_kappa_sweep": "kappa", "build_inputs": "inputs",
     "all_metrics": "metrics", "row_std": "metrics", "METRIC_KEYS": "metrics",
-    "run_validation": "validate", "render_console": "validate",
-    "kappa_sweep": "validate", "irrep_summary": "validate", "render_irrep_table": "validate",
-    "head_labels": "validate", "ValidationReport": "validate",
+    "run_validation": "validate", "render_console": "render",
+    "kappa_sweep": "kappa", "irrep_summary": "irreps", "render_irrep_table": "irreps",
+    "head_labels": "irreps", "ValidationReport": "schema",
     "write_json": "report", "read_json": "report", "check_schema": "report",
     "write_markdown": "report", "SCHEMA_VERSION": "report",
-    "load_any_checkpoint": "loading", "capture_attention": "capture",
+    "capture_attention": "capture",
 }
 __all__ = [
     "METRIC_KEYS", "SCHEMA_VERSION", "ValidationReport", "ablation_study", "all_metrics",
     "attention_kappa_sweep", "build_inputs", "capture_attention", "check_schema", "gradient_flow",
-    "head_labels", "irrep_summary", "kappa_sweep", "load_any_checkpoint", "read_json",
+    "head_labels", "irrep_summary", "kappa_sweep", "read_json",
     "render_console", "render_irrep_table", "row_std", "run_report", "run_validation",
     "validate_metrics", "write_json", "write_markdown",
 ]

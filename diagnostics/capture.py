@@ -2,19 +2,16 @@
 
 The three scripts (``scripts/visualize_attention.py``, ``scripts/attention_recency.py``,
 ``scripts/analyze_attention.py``) are argument parsing plus calls into this module,
-:mod:`diagnostics.loading` and the figure modules.
+:func:`gaugeformer.load` and the figure modules.
 
-* Tokenisation for a model's vocabulary (:func:`resolve_tokenizer`): V = 256 is the byte
-  tokenizer, V ≥ 50257 GPT-2 BPE (tiktoken, offline), a V in between a reference-style
-  *restricted* GPT-2 vocabulary, rebuilt from the training split of a corpus
-  (:func:`restricted_vocab_map`).
+* Tokenisation: the checkpoint's own tokenizer (``Loaded.tokenizer``), else
+  :func:`gaugeformer.data.vocab.resolve_tokenizer` (V = 256 bytes, V ≥ 50257 GPT-2 BPE, a V in
+  between a restricted GPT-2 vocabulary rebuilt from the training split of a corpus).
 * Sequences (:class:`TokenSequence`): user text, windows of a validation split (the real
   loader, :func:`gaugeformer.data.text.load_wikitext_split`, so local WikiText-format files go
   through the same code as the hub dataset), or random ids. Each knows its source, for captions.
-* Capture (:func:`capture_attention`, :func:`capture_sequences`): one jitted forward per batch
-  through :func:`gaugeformer.model.lm.run_with_cache` recording only attention, stacked as numpy
-  ``(L, B, H, N, N)`` β and KL for every layer. The jitted function lives at module level, so
-  every model with the same config and input shape reuses one compile.
+* Capture (:func:`capture_attention`, :func:`capture_sequences`): host copies of
+  :func:`gaugeformer.capture.capture` (``Intermediates``, β and KL ``(L, B, H, N, N)``).
 * Captions and console summaries as seed 002 asks for (source, first characters, checkpoint,
   self-attention masking, κ).
 """
@@ -23,23 +20,44 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
+
+from gaugeformer import stats as attn_stats
+from gaugeformer.capture import Intermediates, capture_jit
+from gaugeformer.data.text import (
+    WIKITEXT_CONFIGS,
+    load_embedded_dataset,
+    load_wikitext,
+    load_wikitext_split,
+)
+from gaugeformer.data.vocab import (  # noqa: F401 (restricted_vocab_map re-exported)
+    BYTE_VOCAB,
+    UNK_PIECE,
+    ModelTokenizer,
+    resolve_tokenizer,
+    restricted_vocab_map,
+)
+from gaugeformer.data.tokenizer import GPT2_N_VOCAB as GPT2_VOCAB
+from gaugeformer.loading import Loaded, load, random_model
+from gaugeformer.stats import KL_UNIFORM_THRESHOLD
+
+from diagnostics.figures import format_tokens
 
 __all__ = [
-    "Captured",
     "TokenSequence",
-    "TokenizerInfo",
     "caption_for",
     "capture_attention",
     "capture_sequences",
     "context_summary",
     "dataset_label",
     "legacy_kl_row_std",
-    "legacy_row_std",
     "parse_data_files",
     "random_sequences",
     "resolve_tokenizer",
@@ -51,145 +69,13 @@ __all__ = [
     "validation_sequences",
 ]
 
-GPT2_VOCAB = 50257
-BYTE_VOCAB = 256
 DATASETS = ("wikitext-2", "wikitext-103", "embedded")
 PREVIEW_CHARS = 60
-KL_UNIFORM_THRESHOLD = 0.5  # seed 002: "KL divergences too uniform" below this per-row spread
-UNK_PIECE = b"<unk>"
 
 
 # ------------------------------------------------------------------------------------------------
 # Tokenizers
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerInfo:
-    """A tokenizer matched to a model vocabulary.
-
-    Attributes:
-        name: ``"gpt2"`` or ``"bytes"``.
-        vocab_size: the model's V.
-        vocab_map: the reference-style restriction (GPT-2 ids → ``0…V−1``), or None.
-    """
-
-    name: str
-    vocab_size: int
-    vocab_map: Any = None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The underlying tokenizer object (tiktoken ``Encoding`` or ``ByteTokenizer``)."""
-        from gaugeformer.data.tokenizer import get_tokenizer
-
-        return get_tokenizer(self.name)
-
-    @property
-    def restricted(self) -> bool:
-        """Whether model ids are restricted-vocabulary ids."""
-        return self.vocab_map is not None
-
-    def describe(self) -> str:
-        """``"GPT-2 BPE"``, ``"UTF-8 bytes"`` or ``"GPT-2 BPE restricted to V ids"``."""
-        base = {"gpt2": "GPT-2 BPE", "bytes": "UTF-8 bytes"}[self.name]
-        return f"{base} restricted to {self.vocab_size} ids" if self.restricted else base
-
-    def encode(self, text: str) -> np.ndarray:
-        """Model ids of ``text`` (restricted ids with UNK where the map applies)."""
-        ids = np.asarray(self.tokenizer.encode(text), np.int64)
-        if self.vocab_map is not None:
-            ids = self.vocab_map.apply(ids, self.vocab_map.train_unk)
-        return ids.astype(np.int32)
-
-    def _original(self, model_id: int) -> int | None:
-        if self.vocab_map is None:
-            return int(model_id)
-        kept = self.vocab_map.kept_ids
-        return int(kept[model_id]) if 0 <= model_id < len(kept) else None
-
-    def pieces(self, ids: Iterable[int]) -> list[bytes]:
-        """Raw bytes of every token (partial UTF-8 kept; the plots show it as ``\\xNN``)."""
-        out = []
-        for t in ids:
-            orig = self._original(int(t))
-            if orig is None:
-                out.append(UNK_PIECE)
-            elif self.name == "bytes":
-                out.append(bytes([orig]) if orig < BYTE_VOCAB else UNK_PIECE)
-            else:
-                out.append(self.tokenizer.decode_single_token_bytes(orig)
-                           if orig < GPT2_VOCAB else UNK_PIECE)
-        return out
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of a sequence (lossy bytes replaced by U+FFFD)."""
-        return b"".join(self.pieces(ids)).decode("utf-8", errors="replace")
-
-
-def restricted_vocab_map(dataset: str, vocab_size: int, *,
-                         data_files: Mapping[str, Any] | None = None) -> Any:
-    """The reference's frequency-ranked GPT-2 vocabulary restriction, rebuilt from ``dataset``.
-
-    Args:
-        dataset: ``"wikitext-2"``, ``"wikitext-103"`` or ``"embedded"`` (the corpus the model
-            was trained on; the restriction depends on its training split).
-        vocab_size: the model's V.
-        data_files: local WikiText-format files (need a ``train`` entry).
-
-    Returns:
-        A :class:`gaugeformer.data.text.VocabMap`.
-    """
-    from gaugeformer.data.text import load_embedded_dataset, load_wikitext
-
-    if dataset == "embedded":
-        ds = load_embedded_dataset("gpt2", vocab_size=vocab_size)
-    else:
-        ds = load_wikitext(dataset, tokenizer="gpt2", data_files=data_files,
-                           vocab_size=vocab_size)
-    return ds.vocab_map
-
-
-def resolve_tokenizer(vocab_size: int, name: str = "auto", *, vocab_dataset: str | None = None,
-                      data_files: Mapping[str, Any] | None = None) -> TokenizerInfo:
-    """The tokenizer for a model vocabulary.
-
-    ``auto``: V = 256 → bytes; V ≥ 50257 → GPT-2; 256 < V < 50257 → GPT-2 restricted to V
-    ids (the reference's rule), which needs ``vocab_dataset`` (the training corpus) to rebuild.
-
-    Args:
-        vocab_size: the model's V.
-        name: ``"auto"``, ``"gpt2"`` or ``"bytes"``.
-        vocab_dataset: corpus for a restricted vocabulary.
-        data_files: local WikiText-format files for ``vocab_dataset``.
-
-    Returns:
-        :class:`TokenizerInfo`.
-
-    Raises:
-        ValueError: no tokenizer fits (the message says what to pass).
-    """
-    v = int(vocab_size)
-    if name == "auto":
-        name = "bytes" if v == BYTE_VOCAB else "gpt2"
-        if v < BYTE_VOCAB:
-            raise ValueError(
-                f"model vocabulary V={v} fits neither the byte tokenizer (256) nor GPT-2 "
-                "(50257); use --mode random, or a model config with vocab_size 256 or 50257")
-    if name == "bytes":
-        if v < BYTE_VOCAB:
-            raise ValueError(f"the byte tokenizer needs V >= 256; the model has V={v}")
-        return TokenizerInfo("bytes", v)
-    if name != "gpt2":
-        raise ValueError(f"unknown tokenizer {name!r}; expected auto, gpt2 or bytes")
-    if v >= GPT2_VOCAB:
-        return TokenizerInfo("gpt2", v)
-    if vocab_dataset is None:
-        raise ValueError(
-            f"model vocabulary V={v} is a restricted GPT-2 vocabulary (the reference keeps the "
-            f"{v - 1} most frequent training ids + UNK); rebuilding it needs the training corpus: "
-            "pass --dataset wikitext-2|wikitext-103|embedded (and --data-files train=... offline)")
-    return TokenizerInfo("gpt2", v, restricted_vocab_map(vocab_dataset, v, data_files=data_files))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,7 +107,7 @@ class TokenSequence:
         return " ".join(self.text.split())[:n]
 
 
-def sequence_from_ids(ids: Sequence[int] | np.ndarray, tok: TokenizerInfo | None, source: str
+def sequence_from_ids(ids: Sequence[int] | np.ndarray, tok: ModelTokenizer | None, source: str
                       ) -> TokenSequence:
     """A :class:`TokenSequence` from model ids (``tok`` None: labels are ``#id``)."""
     arr = np.asarray(ids, np.int32).reshape(-1)
@@ -231,7 +117,7 @@ def sequence_from_ids(ids: Sequence[int] | np.ndarray, tok: TokenizerInfo | None
     return TokenSequence(arr, tok.pieces(arr), tok.decode(arr), source)
 
 
-def text_sequence(text: str, tok: TokenizerInfo, *, max_len: int,
+def text_sequence(text: str, tok: ModelTokenizer, *, max_len: int,
                   source: str = "user-provided text") -> TokenSequence:
     """Encodes ``text``; longer than ``max_len`` tokens is cut (and the source says so)."""
     ids = tok.encode(text)
@@ -243,7 +129,7 @@ def text_sequence(text: str, tok: TokenizerInfo, *, max_len: int,
     return sequence_from_ids(ids, tok, f"{source}, {tok.describe()}")
 
 
-def text_windows(text: str, tok: TokenizerInfo, *, seq_len: int, count: int,
+def text_windows(text: str, tok: ModelTokenizer, *, seq_len: int, count: int,
                  source: str = "user text") -> list[TokenSequence]:
     """Up to ``count`` consecutive non-overlapping windows of ``seq_len`` tokens of ``text``."""
     ids = tok.encode(text)
@@ -279,16 +165,9 @@ def parse_data_files(items: Sequence[str] | None) -> dict[str, list[str]] | None
     return out
 
 
-def _validation_ids(dataset: str, tok: TokenizerInfo,
+def _validation_ids(dataset: str, tok: ModelTokenizer,
                     data_files: Mapping[str, Any] | None) -> tuple[np.ndarray, str]:
     """Model ids of the whole validation split and a description of it."""
-    from gaugeformer.data.text import (
-        WIKITEXT_CONFIGS,
-        load_embedded_dataset,
-        load_wikitext,
-        load_wikitext_split,
-    )
-
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if dataset == "embedded":
@@ -307,7 +186,7 @@ def _validation_ids(dataset: str, tok: TokenizerInfo,
                                data_files=data_files), where
 
 
-def validation_sequences(dataset: str, tok: TokenizerInfo, *, seq_len: int, start: int = 0,
+def validation_sequences(dataset: str, tok: ModelTokenizer, *, seq_len: int, start: int = 0,
                          count: int = 1, data_files: Mapping[str, Any] | None = None
                          ) -> list[TokenSequence]:
     """Windows ``start … start+count−1`` of the validation split (non-overlapping, ``seq_len``).
@@ -328,7 +207,7 @@ def validation_sequences(dataset: str, tok: TokenizerInfo, *, seq_len: int, star
 
 
 def random_sequences(vocab_size: int, *, seq_len: int, count: int = 1, seed: int = 0,
-                     tok: TokenizerInfo | None = None, high: int = 100) -> list[TokenSequence]:
+                     tok: ModelTokenizer | None = None, high: int = 100) -> list[TokenSequence]:
     """Random ids in ``[0, min(high, V))`` (debugging only; the source says so)."""
     top = min(high, int(vocab_size))
     rng = np.random.default_rng(seed)
@@ -342,50 +221,13 @@ def random_sequences(vocab_size: int, *, seq_len: int, count: int = 1, seed: int
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Captured:
-    """Attention of every layer, host arrays ``(L, B, H, N, N)`` [layer, batch, head, i, j]."""
-
-    beta: np.ndarray
-    kl: np.ndarray
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.beta.shape[0])
-
-    def per_sample(self) -> np.ndarray:
-        """β as ``(S, L, H, N, N)`` (the batch axis first), as :mod:`diagnostics.recency` wants."""
-        return np.moveaxis(self.beta, 1, 0)
-
-
-_RUN = None
-
-
-def _jitted_run():
-    global _RUN
-    if _RUN is None:
-        from flax import nnx
-
-        from gaugeformer.model.lm import run_with_cache
-
-        _RUN = nnx.jit(run_with_cache, static_argnames=("sow", "train"))
-    return _RUN
-
-
-def capture_attention(model: Any, ids: np.ndarray) -> Captured:
-    """One inference forward (``train=False``) recording attention only.
+def capture_attention(model: Any, ids: np.ndarray) -> Intermediates:
+    """One inference forward (``train=False``) recording attention: host arrays ``[L, B, H, N, N]``.
 
     Args:
         model: a ``GaugeTransformerLM``.
         ids: ``(N,)`` or ``(B, N)`` token ids.
-
-    Returns:
-        :class:`Captured` with float32 β and KL of every layer.
     """
-    import jax.numpy as jnp
-
-    from gaugeformer.model.sow import ATTENTION_ONLY
-
     arr = np.asarray(ids, np.int32)
     if arr.ndim == 1:
         arr = arr[None]
@@ -395,29 +237,23 @@ def capture_attention(model: Any, ids: np.ndarray) -> Captured:
                          f"{model.cfg.max_seq_len}")
     if arr.size and (arr.min() < 0 or arr.max() >= model.cfg.vocab_size):
         raise ValueError(f"token ids outside the model vocabulary [0, {model.cfg.vocab_size})")
-    _, cache = _jitted_run()(model, jnp.asarray(arr), sow=ATTENTION_ONLY, train=False)
-    layers = range(model.cfg.n_layers)
-    beta = np.stack([np.asarray(cache[f"blocks.{i}.attn.hook_pattern"], np.float32)
-                     for i in layers])
-    kl = np.stack([np.asarray(cache[f"blocks.{i}.attn.hook_kl"], np.float32) for i in layers])
-    return Captured(beta, kl)
+    return jax.device_get(capture_jit(model, jnp.asarray(arr)))
 
 
 def capture_sequences(model: Any, seqs: Sequence[TokenSequence], *, progress: bool = True
-                      ) -> Captured:
+                      ) -> Intermediates:
     """Captures each sequence separately (one compile for any count; tqdm progress bar).
 
     All sequences must have the same length; the result has ``B = len(seqs)``.
     """
-    from tqdm import tqdm
-
     if len({len(s) for s in seqs}) > 1:
         raise ValueError("all sequences must have the same length")
     parts = [capture_attention(model, s.ids)
              for s in tqdm(seqs, desc="capturing attention", unit="seq",
                            disable=not progress or len(seqs) < 2)]
-    return Captured(np.concatenate([p.beta for p in parts], axis=1),
-                    np.concatenate([p.kl for p in parts], axis=1))
+    return Intermediates(np.concatenate([p.logits for p in parts]),
+                         *(np.concatenate([getattr(p, f) for p in parts], axis=1)
+                           for f in ("beta", "kl", "scores")))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -426,36 +262,18 @@ def capture_sequences(model: Any, seqs: Sequence[TokenSequence], *, progress: bo
 
 
 def caption_for(seq: TokenSequence, checkpoint: str, cfg: Any) -> dict[str, Any]:
-    """Caption dict of :mod:`diagnostics.plots` / :mod:`diagnostics.html` (with κ)."""
+    """Caption dict of :mod:`diagnostics.figures` / :mod:`diagnostics.html` (with κ)."""
     source = seq.source
-    if getattr(cfg, "attention_pattern", "full") != "full":
-        source += (f"; {cfg.attention_pattern} attention (window {cfg.attention_window}): keys "
-                   "outside the pattern are drawn as if valid")
+    if cfg.attention_pattern != "full":
+        source += f"; {cfg.attention_pattern} attention (window {cfg.attention_window})"
     return {"source": source, "text_preview": seq.preview(),
             "checkpoint": f"{checkpoint}, \u03ba = {cfg.kappa_beta:.3g}",
             "self_attention_masked": bool(cfg.mask_self_attention)}
 
 
-def legacy_row_std(beta_heads: np.ndarray) -> np.ndarray:
-    """The reference's row_std (ref-diagnostics §2.1): all off-diagonal keys, future ones included.
-
-    Args:
-        beta_heads: ``(..., N, N)``.
-
-    Returns:
-        ``(...)``: mean over all rows of the population std over ``j ≠ i``.
-    """
-    b = np.array(beta_heads, np.float64)
-    n = b.shape[-1]
-    if n < 2:
-        return np.zeros(b.shape[:-2])
-    b[..., np.arange(n), np.arange(n)] = np.nan
-    return np.nanstd(b, axis=-1).mean(-1)
-
-
 def legacy_kl_row_std(kl_heads: np.ndarray) -> float:
     """Per-row std of the head-mean KL over all off-diagonal keys, averaged over rows."""
-    return float(legacy_row_std(np.asarray(kl_heads, np.float64).mean(0)))
+    return float(attn_stats.row_std_legacy(np.asarray(kl_heads, np.float64).mean(0)))
 
 
 def _num(v: float) -> str:
@@ -463,16 +281,8 @@ def _num(v: float) -> str:
     return f"{v:.1e}" if 0 < abs(v) < 5e-4 else f"{v:.3f}"
 
 
-def _status(v: float) -> str:
-    from diagnostics.plots import row_std_status
-
-    return row_std_status(v)
-
-
 def _token_line(tokens: Sequence[bytes | str], limit: int = 25) -> str:
     """``tok | tok | …`` of the first ``limit`` tokens (spaces shown as ␣)."""
-    from diagnostics.plots import format_tokens
-
     shown = " | ".join(format_tokens(tokens[:limit], max_len=14))
     return shown + (f" | \u2026 +{len(tokens) - limit} more" if len(tokens) > limit else "")
 
@@ -516,14 +326,14 @@ def context_summary(seq: TokenSequence, head_labels: Sequence[str], beta: np.nda
              "          (in parentheses: the reference's formula over all j \u2260 i, "
              "future keys included)"]
     for li, st in zip(layers, stats, strict=True):
-        legacy = legacy_row_std(beta[li, batch])
-        avg_legacy = float(legacy_row_std(beta[li, batch].mean(0)))
+        legacy = attn_stats.row_std_legacy(beta[li, batch])
+        avg_legacy = float(attn_stats.row_std_legacy(beta[li, batch].mean(0)))
         lines += ["-" * 88, f"Layer {li}:"]
         for h, (lab, v) in enumerate(zip(head_labels, st["row_std"], strict=True)):
-            lines.append(f"  Head {h:>2} ({lab:<6}): row_std = {_num(v):>7}  [{_status(v):<7}]  "
+            lines.append(f"  Head {h:>2} ({lab:<6}): row_std = {_num(v):>7}  [{attn_stats.status(v):<7}]  "
                          f"(ref. {_num(legacy[h])})")
         avg = float(st["row_std_avg"])
-        lines.append(f"  AVERAGED       : row_std = {_num(avg):>7}  [{_status(avg):<7}]  "
+        lines.append(f"  AVERAGED       : row_std = {_num(avg):>7}  [{attn_stats.status(avg):<7}]  "
                      f"(ref. {_num(avg_legacy)})  <- head mean; hides per-head patterns")
         spread = st.get("kl_spread")
         if spread is not None and math.isfinite(spread):
@@ -560,7 +370,7 @@ class ScriptResult:
     """What a script's ``main`` returns (for in-process callers and tests).
 
     Attributes:
-        figures: every :class:`~diagnostics.plots.FigureRecord` written.
+        figures: every :class:`~diagnostics.figures.FigureRecord` written.
         files: other files written (HTML, exports, reports).
         report: the console text.
         sequences: the input sequences.
@@ -573,13 +383,14 @@ class ScriptResult:
     files: list[Path] = dataclasses.field(default_factory=list)
     report: str = ""
     sequences: list[TokenSequence] = dataclasses.field(default_factory=list)
-    captured: Captured | None = None
+    captured: Intermediates | None = None
     cfg: Any = None
     checkpoint: str = ""
 
 
 def add_model_arguments(p: Any) -> None:
-    """``--checkpoint``, ``--config``, ``--seed``, ``--tokenizer``, ``--dpi``."""
+    """``--checkpoint``, ``--config``, ``--seed``, ``--tokenizer``, ``--dpi`` and seed 004's
+    random-model size flags."""
     p.add_argument("--checkpoint", help="reference .pt, converted or native checkpoint directory; "
                    "omitted: random weights (stated in every caption)")
     p.add_argument("--config", help="model config (YAML/JSON: gaugeformer, run config or "
@@ -588,6 +399,12 @@ def add_model_arguments(p: Any) -> None:
     p.add_argument("--tokenizer", default="auto", choices=("auto", "gpt2", "bytes"),
                    help="auto: bytes for V=256, GPT-2 BPE otherwise")
     p.add_argument("--dpi", type=int, default=150, help="PNG resolution")
+    size = p.add_argument_group("random model size (seed 004; without --checkpoint)")
+    size.add_argument("--embedding-dimension", type=int, metavar="K",
+                      help="embedding dimension K of the random model")
+    size.add_argument("--number-of-heads", type=int, metavar="H",
+                      help="heads: K is split into H SO(3) irreps of odd dimension (printed)")
+    size.add_argument("--number-of-layers", type=int, metavar="L", help="layers")
 
 
 def add_source_arguments(p: Any, *, default_mode: str, default_text: str | None = None) -> None:
@@ -605,30 +422,50 @@ def add_source_arguments(p: Any, *, default_mode: str, default_text: str | None 
                    help="validation window (non-overlapping windows of --seq-len; 0 = the first)")
 
 
-def load_model_from_args(args: Any) -> tuple[Any, Any, str]:
-    """:func:`diagnostics.loading.load_any_checkpoint` from the model arguments."""
-    from diagnostics.loading import load_any_checkpoint
-
+def load_model_from_args(args: Any) -> Loaded:
+    """:func:`gaugeformer.load` of ``--checkpoint`` (``--config`` overrides a reference file's
+    config), or :func:`gaugeformer.loading.random_model` without one (``--config`` or the small
+    default, resized by seed 004's ``--embedding-dimension/--number-of-heads/--number-of-layers``)."""
+    if args.checkpoint:
+        return load(args.checkpoint, config=args.config)
     hint = BYTE_VOCAB if args.tokenizer == "bytes" else GPT2_VOCAB
-    return load_any_checkpoint(args.checkpoint, config=args.config, vocab_size_hint=hint,
-                               seed=args.seed)
+    loaded = random_model(args.config, vocab_size=hint, seed=args.seed,
+                          embed_dim=getattr(args, "embedding_dimension", None),
+                          n_heads=getattr(args, "number_of_heads", None),
+                          n_layers=getattr(args, "number_of_layers", None))
+    if getattr(args, "embedding_dimension", None) or getattr(args, "number_of_heads", None):
+        cfg = loaded.config
+        print(f"random model: K={cfg.embed_dim} as irreps {cfg.irreps} (heads "
+              f"{', '.join(cfg.head_labels)}), {cfg.n_layers} layers")
+    return loaded
 
 
-def sequences_from_args(args: Any, cfg: Any, *, count: int = 1) -> list[TokenSequence]:
-    """Input sequences for ``args.mode`` (``count`` windows; text mode: one, or windows)."""
+def pick_tokenizer(vocab_size: int, name: str, saved: ModelTokenizer | None, **kwargs
+                   ) -> ModelTokenizer:
+    """The checkpoint's own tokenizer (``Loaded.tokenizer``) unless ``name`` asks for another;
+    else :func:`~gaugeformer.data.vocab.resolve_tokenizer` (``kwargs``: its corpus arguments)."""
+    if saved is not None and name in ("auto", saved.name):
+        return saved
+    return resolve_tokenizer(vocab_size, name, **kwargs)
+
+
+def sequences_from_args(args: Any, cfg: Any, *, count: int = 1,
+                        tokenizer: ModelTokenizer | None = None) -> list[TokenSequence]:
+    """Input sequences for ``args.mode`` (``count`` windows; text mode: one, or windows);
+    ``tokenizer`` is the loaded checkpoint's (``Loaded.tokenizer``)."""
     mode = getattr(args, "mode", "text")
     files = parse_data_files(getattr(args, "data_files", None))
     seq_len = min(getattr(args, "seq_len", cfg.max_seq_len), cfg.max_seq_len)
     if mode == "random":
         try:
-            tok = resolve_tokenizer(cfg.vocab_size, args.tokenizer)
+            tok = pick_tokenizer(cfg.vocab_size, args.tokenizer, tokenizer)
         except ValueError:  # no tokenizer fits (or a restricted vocabulary): ids as labels
             tok = None
         return random_sequences(cfg.vocab_size, seq_len=seq_len, count=count, seed=args.seed,
                                 tok=tok)
     dataset = getattr(args, "dataset", None) or ("wikitext-2" if mode == "validation" else None)
-    tok = resolve_tokenizer(cfg.vocab_size, args.tokenizer, vocab_dataset=dataset,
-                            data_files=files)
+    tok = pick_tokenizer(cfg.vocab_size, args.tokenizer, tokenizer, vocab_dataset=dataset,
+                         data_files=files)
     if mode == "validation":
         return validation_sequences(dataset, tok, seq_len=seq_len, start=getattr(args, "index", 0),
                                     count=count, data_files=files)
@@ -651,6 +488,7 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
 
 def show_pngs(paths: Sequence[Any]) -> None:
     """Opens written PNGs in interactive matplotlib windows (``--show-plots``)."""
+    # pyplot (and its GUI backend) only when windows are asked for
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 

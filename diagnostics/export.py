@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diagnostics.figures.base import as_attention
+
 __all__ = [
     "load_bertviz",
     "save_bertviz",
@@ -27,16 +29,6 @@ __all__ = [
     "to_circuitsvis",
     "token_strings",
 ]
-
-
-def _as_lbhnn(beta: np.ndarray) -> np.ndarray:
-    """β as float32 ``(L, B, H, N, N)`` (a 4-D input is one layer)."""
-    b = np.asarray(beta, np.float32)
-    if b.ndim == 4:
-        b = b[None]
-    if b.ndim != 5 or b.shape[-1] != b.shape[-2]:
-        raise ValueError(f"beta must be (L, B, H, N, N) or (B, H, N, N); got {b.shape}")
-    return b
 
 
 def token_strings(tokens: Sequence[str | bytes]) -> list[str]:
@@ -65,7 +57,7 @@ def to_bertviz(beta: np.ndarray, *, batch: int = 0) -> list[np.ndarray]:
     Returns:
         A list of L float32 arrays of shape ``(1, H, N, N)``.
     """
-    b = _as_lbhnn(beta)
+    b = as_attention(beta, dtype=np.float32, finite=False)
     return [np.ascontiguousarray(b[li, batch][None]) for li in range(b.shape[0])]
 
 
@@ -83,7 +75,7 @@ def to_circuitsvis(
     Returns:
         ``(attention (H, N, N) float32, tokens as str)``.
     """
-    b = _as_lbhnn(beta)
+    b = as_attention(beta, dtype=np.float32, finite=False)
     if len(tokens) != b.shape[-1]:
         raise ValueError(f"got {len(tokens)} tokens for sequence length {b.shape[-1]}")
     return np.ascontiguousarray(b[layer, batch]), token_strings(tokens)

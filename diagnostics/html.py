@@ -24,12 +24,10 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 
-from diagnostics.plots import (
-    format_tokens,
-    head_row_std,
-    row_std_status,
-    valid_key_mask,
-)
+from gaugeformer import stats as attn_stats
+from gaugeformer.stats import KeyPattern
+
+from diagnostics.figures.base import as_attention, format_tokens
 
 __all__ = ["render_attention_html", "write_attention_html"]
 
@@ -43,16 +41,6 @@ def _lut(name: str) -> list[str]:
     """256-entry ``#rrggbb`` lookup table of a matplotlib colormap."""
     rgba = colormaps[name](np.linspace(0, 1, 256))
     return ["#" + "".join(f"{round(255 * c):02x}" for c in px[:3]) for px in rgba]
-
-
-def _as_lbhnn(x: np.ndarray, name: str) -> np.ndarray:
-    """``(L, B, H, N, N)`` float64 with non-finite values zeroed."""
-    a = np.asarray(x, np.float64)
-    if a.ndim == 4:
-        a = a[None]
-    if a.ndim != 5 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"{name} must be (L, B, H, N, N) or (B, H, N, N); got {a.shape}")
-    return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _caption_lines(caption: Mapping[str, Any], n: int, batch: int) -> list[str]:
@@ -76,14 +64,14 @@ def _payload(
     """JSON-serialisable data for the page."""
     b = beta[list(layers), batch]  # (L, H, N, N)
     n = b.shape[-1]
-    stats = np.stack([head_row_std(b[i], mask) for i in range(b.shape[0])])
+    stats = np.stack([attn_stats.row_std_valid(b[i], mask, empty=np.nan) for i in range(b.shape[0])])
     data: dict[str, Any] = {
         "L": int(b.shape[0]), "H": int(b.shape[1]), "N": int(n),
         "layers": [int(x) for x in layers],
         "tokens": format_tokens(tokens, max_len=18),
         "labels": [str(s) for s in head_labels],
         "rowStd": [[round(float(v), 4) for v in row] for row in stats],
-        "status": [[row_std_status(float(v)) for v in row] for row in stats],
+        "status": [[attn_stats.status(float(v)) for v in row] for row in stats],
         "beta": _b64(b, "<f4"),
         "mask": _b64(mask.astype(np.uint8), "u1"),
         "logMin": float(min(-3.0, math.floor(math.log10(1.0 / max(n, 1))) - 1)),
@@ -111,7 +99,7 @@ def render_attention_html(
     *,
     kl: np.ndarray | None = None,
     batch: int = 0,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     layers: Sequence[int] | None = None,
     title: str = "Gauge attention explorer",
 ) -> str:
@@ -124,15 +112,16 @@ def render_attention_html(
         caption: ``source``, ``text_preview``, ``checkpoint``, ``self_attention_masked``.
         kl: optional KL matrix of the same shape (enables the KL view).
         batch: batch element.
-        causal: keys ``j > i`` are masked (drawn grey, excluded from row_std).
+        keys: the model's key pattern (``KeyPattern.of(cfg)``); invalid keys are drawn grey and
+            excluded from row_std.  Default: full causal, self-masked if the caption says so.
         layers: subset of layers to embed (default all).
         title: page title.
 
     Returns:
         The HTML text.
     """
-    b = _as_lbhnn(beta, "beta")
-    k = None if kl is None else _as_lbhnn(kl, "kl")
+    b = as_attention(beta, "beta")
+    k = None if kl is None else as_attention(kl, "kl")
     if k is not None and k.shape != b.shape:
         raise ValueError(f"kl shape {k.shape} != beta shape {b.shape}")
     n, h = b.shape[-1], b.shape[2]
@@ -140,8 +129,7 @@ def render_attention_html(
         raise ValueError(f"got {len(tokens)} tokens for sequence length {n}")
     if len(head_labels) != h:
         raise ValueError(f"got {len(head_labels)} head labels for {h} heads")
-    mask = valid_key_mask(n, causal=causal,
-                          self_masked=bool(caption.get("self_attention_masked")))
+    mask = (keys or KeyPattern(mask_self=bool(caption.get("self_attention_masked")))).grid(n)
     lays = list(range(b.shape[0])) if layers is None else list(layers)
     data = _payload(b, k, tokens, head_labels, lays, batch, mask)
     cap = "".join(f"<div>{_html.escape(s)}</div>" for s in _caption_lines(caption, n, batch))

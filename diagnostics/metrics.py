@@ -46,8 +46,6 @@ import numpy as np
 Array = jax.Array
 Mode = Literal["legacy", "valid"]
 
-SHARP_THRESHOLD = 0.1  # row_std > 0.1 -> SHARP (ref §2.2)
-MEDIUM_THRESHOLD = 0.05  # row_std > 0.05 -> MEDIUM, else UNIFORM
 LOG_EPS = 1e-10  # additive epsilon inside log(beta + eps) (ref §3.6)
 RATIO_EPS = 1e-10  # denominator epsilon of the reference's ratios
 N_QUERY_SUB = 20  # query-variation sub-analysis looks at the first 20 queries (ref §3.8)
@@ -675,22 +673,6 @@ def row_std(
     0.0
     """
     return _row_std_rows(beta, mask, mode, include_diag)[1]
-
-
-def row_std_label(value: float) -> str:
-    """SHARP / MEDIUM / UNIFORM for a row_std value (ref §2.2; host-side helper)."""
-    v = float(value)
-    if v > SHARP_THRESHOLD:
-        return "SHARP"
-    if v > MEDIUM_THRESHOLD:
-        return "MEDIUM"
-    return "UNIFORM"
-
-
-def row_std_status(value: float) -> str:
-    """The validator's decorated label: ``✓SHARP`` / ``⚠MEDIUM`` / ``❌UNIFORM``."""
-    label = row_std_label(value)
-    return {"SHARP": "✓SHARP", "MEDIUM": "⚠MEDIUM", "UNIFORM": "❌UNIFORM"}[label]
 
 
 @jax.jit

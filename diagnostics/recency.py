@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gaugeformer.stats import KeyPattern
+
 __all__ = [
     "RecencyAnalysis",
     "Recommendation",
@@ -106,7 +108,7 @@ class RecencyAnalysis:
         profile: mean over samples of the last row's context weights, ``(L, H, N)``; zero at
             positions outside the context.
         n_context: context length of the last query row.
-        causal: whether keys ``j > i`` were treated as masked.
+        keys: the model's key pattern the context was taken from.
         include_self: whether the query's own key belongs to its context.
         recent_frac: fraction of the context used for the recent/distant ratio.
         min_context: rows with fewer context keys have NaN ``recent_distant``.
@@ -116,7 +118,7 @@ class RecencyAnalysis:
     rows: RowStats
     profile: np.ndarray
     n_context: int
-    causal: bool
+    keys: KeyPattern
     include_self: bool
     recent_frac: float
     min_context: int
@@ -148,18 +150,19 @@ class Recommendation:
     heads: tuple[tuple[int, int], ...] = field(default_factory=tuple)
 
 
-def context_mask(n: int, *, causal: bool = True, include_self: bool = True) -> np.ndarray:
+def context_mask(n: int, *, keys: KeyPattern | None = None, include_self: bool = True
+                 ) -> np.ndarray:
     """Boolean ``(N, N)`` mask of the context keys of each query row.
 
     Args:
         n: sequence length N.
-        causal: keys ``j > i`` are excluded.
+        keys: the model's key pattern (default full causal): keys it cannot attend are excluded.
         include_self: whether key ``i`` belongs to query ``i``'s context.
 
     Returns:
         ``mask[i, j]`` is True when key j is in query i's context.
     """
-    mask = np.tril(np.ones((n, n), bool)) if causal else np.ones((n, n), bool)
+    mask = (keys or KeyPattern()).grid(n)
     if not include_self:
         mask &= ~np.eye(n, dtype=bool)
     return mask
@@ -168,7 +171,7 @@ def context_mask(n: int, *, causal: bool = True, include_self: bool = True) -> n
 def row_stats(
     beta: np.ndarray,
     *,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     include_self: bool = True,
     recent_frac: float = 0.25,
     min_context: int = 4,
@@ -177,7 +180,7 @@ def row_stats(
 
     Args:
         beta: attention weights, last two axes (query i, key j).
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (default full causal).
         include_self: the query's own key is part of its context.
         recent_frac: fraction of the context in each of the recent / distant parts.
         min_context: rows with fewer context keys get NaN ``recent_distant``.
@@ -189,7 +192,7 @@ def row_stats(
     n = b.shape[-1]
     if b.ndim < 2 or b.shape[-2] != n:
         raise ValueError(f"expected (..., N, N) attention, got shape {b.shape}")
-    mask = np.broadcast_to(context_mask(n, causal=causal, include_self=include_self), b.shape)
+    mask = np.broadcast_to(context_mask(n, keys=keys, include_self=include_self), b.shape)
     count = mask.sum(-1)
     safe = np.maximum(count, 1)
     w = np.where(mask, b, 0.0)
@@ -243,7 +246,7 @@ def _recent_distant(
 def analyze_recency(
     beta: np.ndarray,
     *,
-    causal: bool = True,
+    keys: KeyPattern | None = None,
     include_self: bool = True,
     recent_frac: float = 0.25,
     min_context: int = 4,
@@ -252,7 +255,7 @@ def analyze_recency(
 
     Args:
         beta: attention per sample, layer, head. A 4-D ``(L, H, N, N)`` array is one sample.
-        causal: keys ``j > i`` are masked.
+        keys: the model's key pattern (default full causal).
         include_self: the query's own key is part of its context.
         recent_frac: fraction of the context in each of the recent / distant parts.
         min_context: rows with fewer context keys get NaN ``recent_distant``.
@@ -266,18 +269,18 @@ def analyze_recency(
     if b.ndim != 5:
         raise ValueError(f"expected (S, L, H, N, N) attention, got shape {b.shape}")
     rows = row_stats(
-        b, causal=causal, include_self=include_self, recent_frac=recent_frac,
+        b, keys=keys, include_self=include_self, recent_frac=recent_frac,
         min_context=min_context,
     )
     n = b.shape[-1]
-    mask = context_mask(n, causal=causal, include_self=include_self)[-1]
+    mask = context_mask(n, keys=keys, include_self=include_self)[-1]
     profile = np.where(mask, np.nan_to_num(b[..., -1, :]), 0.0).mean(0)
     return RecencyAnalysis(
         last=rows.index((..., -1)),
         rows=rows,
         profile=profile,
         n_context=int(mask.sum()),
-        causal=causal,
+        keys=keys or KeyPattern(),
         include_self=include_self,
         recent_frac=recent_frac,
         min_context=min_context,
@@ -308,7 +311,7 @@ def coverage_k(weights: np.ndarray, coverage: float, *, order: str) -> int:
 
 def _context_profile(a: RecencyAnalysis, layer: int, head: int) -> np.ndarray:
     """Mean last-row weights over the context positions only, in order."""
-    mask = context_mask(a.profile.shape[-1], causal=a.causal, include_self=a.include_self)[-1]
+    mask = context_mask(a.profile.shape[-1], keys=a.keys, include_self=a.include_self)[-1]
     return a.profile[layer, head][mask]
 
 
@@ -463,7 +466,7 @@ def recommend_compression(
 def _top_positions(a: RecencyAnalysis, t: Thresholds) -> tuple[int, tuple[int, ...]]:
     """Union over heads of the top positions that reach the coverage target."""
     layers, heads = a.profile.shape[:2]
-    mask = context_mask(a.profile.shape[-1], causal=a.causal, include_self=a.include_self)[-1]
+    mask = context_mask(a.profile.shape[-1], keys=a.keys, include_self=a.include_self)[-1]
     idx = np.nonzero(mask)[0]
     keep: set[int] = set()
     for li in range(layers):
@@ -493,7 +496,7 @@ def format_report(
     t = thresholds
     s, layers, heads = a.shape
     tab = _head_table(a, t)
-    ctx = "j ≤ i" if a.causal else "all j"
+    ctx = "j ≤ i" if a.keys == KeyPattern() else a.keys.describe()
     ctx += "" if a.include_self else ", j ≠ i"
     lines = [
         "=" * 96,

@@ -1,4 +1,4 @@
-"""JSON / markdown writers and a JSON reader for :class:`diagnostics.validate.ValidationReport`.
+"""JSON / markdown writers and a JSON reader for :class:`diagnostics.schema.ValidationReport`.
 
 JSON schema, version 1
 ======================
@@ -61,11 +61,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from diagnostics.metrics import row_std_label
-from diagnostics.validate import (
+from gaugeformer import stats
+
+from diagnostics.irreps import render_irrep_table
+from diagnostics.schema import (
     CheckResult,
     Conclusion,
     HeadRow,
@@ -75,7 +77,6 @@ from diagnostics.validate import (
     Scenario,
     Summary,
     ValidationReport,
-    render_irrep_table,
 )
 
 SCHEMA_VERSION = 1
@@ -367,7 +368,8 @@ def to_markdown(report: ValidationReport) -> str:
     modes = list(report.summaries)
     both = len(modes) == 2
     out = ["# Attention validation report", ""]
-    meta = ", ".join(f"{k}: {v}" for k, v in report.meta.items())
+    # mapping-valued meta (gradient flow, ablation, κ sweep details) is rendered as sections
+    meta = ", ".join(f"{k}: {v}" for k, v in report.meta.items() if not isinstance(v, Mapping))
     out.append(f"metrics: **{report.metrics_mode}** · layers: {len(report.layers)} · "
                f"batch element: {report.batch_index}" + (f" · {meta}" if meta else ""))
     out += ["", "## Overall", "", "| Mode | Passed | Critical | Warnings | Conclusion |",
@@ -399,8 +401,8 @@ def to_markdown(report: ValidationReport) -> str:
         out += ["", "### Per-head row_std", "",
                 "| Head | Label | row_std | status | row_std (valid) | status (valid) |",
                 "|---|---|---|---|---|---|"]
-        out += [f"| {h.head} | {h.label} | {h.row_std:.4f} | {row_std_label(h.row_std)} | "
-                f"{h.row_std_valid:.4f} | {row_std_label(h.row_std_valid)} |" for h in lay.heads]
+        out += [f"| {h.head} | {h.label} | {h.row_std:.4f} | {stats.status(h.row_std)} | "
+                f"{h.row_std_valid:.4f} | {stats.status(h.row_std_valid)} |" for h in lay.heads]
         out += ["", "### Per-irrep row_std", "",
                 render_irrep_table(lay.irreps[modes[0]], lay.irreps["valid"] if both else None)]
         for m in modes:
@@ -416,11 +418,13 @@ def to_markdown(report: ValidationReport) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(report: ValidationReport, path: str | Path) -> Path:
-    """Write :func:`to_markdown` to ``path``. Returns the path."""
+def write_markdown(report: ValidationReport, path: str | Path, sections: Sequence[str] = ()
+                   ) -> Path:
+    """Write :func:`to_markdown` and the given extra ``sections`` (markdown text, e.g. the
+    gradient-flow and ablation tables) to ``path`` in one write. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_markdown(report), encoding="utf-8")
+    path.write_text(to_markdown(report) + "".join(sections), encoding="utf-8")
     return path
 
 

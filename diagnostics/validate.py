@@ -3,7 +3,7 @@
 The decision logic of the reference validator (ref-diagnostics §3) is reimplemented here on top
 of :func:`diagnostics.metrics.all_metrics` results fetched to the host (``jax.device_get``):
 :func:`validate` and the renderers only read numpy arrays; :func:`run_validation` and
-:func:`kappa_sweep` call the jitted metrics.
+:func:`diagnostics.kappa.kappa_sweep` call the jitted metrics.
 
 Parts and tests (name, the reference's thresholds and severities):
 
@@ -29,52 +29,43 @@ Metric modes (``--metrics``): ``legacy`` decides with the reference's bug-compat
 carries the valid verdict next to every test (``CheckResult.valid``), with a summary and
 conclusion for each mode.
 
+Records: :mod:`diagnostics.schema`; counting and conclusions: :mod:`diagnostics.summary`;
+per-irrep table: :mod:`diagnostics.irreps`; console text: :mod:`diagnostics.render`; files:
+:mod:`diagnostics.report`.
+
 Batch handling follows the reference: batch element ``batch_index`` (0) for every test except
 normalisation, entropy and KL properties, which use the whole batch.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import math
-import re
-import sys
-from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
-from diagnostics.metrics import (
-    SHARP_THRESHOLD,
-    all_metrics,
-    row_std,
-    row_std_label,
-    row_std_status,
+from gaugeformer import stats
+from gaugeformer.stats import SHARP_THRESHOLD
+
+from diagnostics.irreps import _default_dim, irrep_summary
+from diagnostics.metrics import all_metrics
+from diagnostics.schema import (
+    MODES,
+    PART_TITLES,
+    CheckResult,
+    HeadRow,
+    LayerReport,
+    MetricsMode,
+    Mode,
+    PartReport,
+    Severity,
+    ValidationReport,
+    _mode_results,
 )
-
-Severity = Literal["info", "warning", "critical"]
-Mode = Literal["legacy", "valid"]
-MetricsMode = Literal["legacy", "valid", "both"]
-MODES: dict[str, tuple[Mode, ...]] = {
-    "legacy": ("legacy",),
-    "valid": ("valid",),
-    "both": ("legacy", "valid"),
-}
-
-PART_TITLES = {
-    1: "Sanity Checks (Correctness)",
-    2: "Positional Patterns",
-    3: "Token-Level Patterns",
-    4: "Statistical Tests",
-    5: "Per-Head Analysis",
-    6: "Query-Side Variation (Do different tokens attend differently?)",
-    7: "Diversity Correlation",
-    8: "Gradient Flow Check",
-    9: "Ablation Study (Does Attention Help?)",
-}
+from diagnostics.summary import QV_PASS, QV_WEAK, _merge_summaries, conclude, match_scenarios, \
+    summarize
 
 # Thresholds of the reference validator (ref-diagnostics §3.3-§3.11).
 NORM_ATOL, NORM_RTOL = 1e-4, 1e-5
@@ -85,269 +76,10 @@ POS_RATIO = 1.1
 REP_RATIO = 1.2
 UNIFORM_DEV = 0.05
 ENTROPY_SHARP, ENTROPY_UNIFORM = 0.5, 0.8
-QV_PASS, QV_WEAK = 0.05, 0.02
 MU_DIV, ATTN_DIV = 0.3, 0.05
 ABLATION_HELPS, ABLATION_SLIGHT = 10.0, 2.0  # percent PPL degradation
 RATIO_EPS = 1e-10
 SUB_HEADS = 3  # heads in the query sub-analysis
-DEFAULT_KAPPAS = (0.3, 0.5, 1.0, 2.0, 5.0)  # the reference's κ sweep
-RULE = "=" * 70
-THIN = "-" * 70
-CRITICAL_HEADLINE = "❌ Critical issues detected! Attention may not be working correctly."
-WARNING_HEADLINE = "⚠️  Attention is correct but may not be learning meaningful patterns."
-WARNING_HINTS = (
-    "Architectural limitations (low-dimensional heads)",
-    "Insufficient training",
-    "Hyperparameter issues (temperature, learning rate)",
-)
-
-
-# ------------------------------------------------------------------------------------------------
-# Result records
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    """One test's verdict.
-
-    Attributes:
-        name: test name (e.g. ``"vs Uniform"``).
-        passed: whether the test passed.
-        score: the number the decision was made on (None when there is none).
-        threshold: the decisive threshold (None for informational tests).
-        severity: ``"info"``, ``"warning"`` or ``"critical"``. Failures count as critical or
-            warning issues by severity; an ``info`` failure only counts in the total.
-        message: the console line, with its status symbol.
-        part: report part 1..9.
-        valid: the valid-mode verdict of the same test when the report runs ``both`` modes.
-    """
-
-    name: str
-    passed: bool
-    score: float | None
-    threshold: float | None
-    severity: Severity
-    message: str
-    part: int = 0
-    valid: CheckResult | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PartReport:
-    """One of the nine parts of a layer's report: info lines, results, trailing notes."""
-
-    part: int
-    title: str
-    ran: bool
-    lines: tuple[str, ...] = ()
-    results: tuple[CheckResult, ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Summary:
-    """Counts over a list of results (ref §3.2)."""
-
-    total_tests: int
-    passed: int
-    critical_failures: int
-    warnings: int
-    issues: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class Conclusion:
-    status: Literal["ok", "warning", "critical"]
-    headline: str
-    hints: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    """A matching interpretation scenario of seed 000."""
-
-    number: int
-    title: str
-    evidence: str
-    interpretation: str
-    action: str
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadRow:
-    head: int
-    label: str
-    row_std: float  # legacy
-    row_std_valid: float
-
-
-@dataclasses.dataclass(frozen=True)
-class IrrepRow:
-    """Per-irrep summary of head row_std values (seed 001's table)."""
-
-    label: str
-    kind: str
-    dim: int
-    heads: int
-    row_std_min: float
-    row_std_max: float
-    row_std_mean: float
-
-    @property
-    def status(self) -> str:
-        return row_std_label(self.row_std_mean)
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerReport:
-    layer: int
-    parts: tuple[PartReport, ...]
-    heads: tuple[HeadRow, ...]
-    summaries: Mapping[str, Summary]  # mode -> summary; the first key is the deciding mode
-    conclusions: Mapping[str, Conclusion]
-    scenarios: Mapping[str, tuple[Scenario, ...]]
-    irreps: Mapping[str, tuple[IrrepRow, ...]]
-
-    def results(self, mode: str | None = None) -> list[CheckResult]:
-        """All results of this layer in order; with ``mode``, that mode's verdicts."""
-        deciding = next(iter(self.summaries), None)
-        return _mode_results(self.parts, mode is not None and mode != deciding)
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationReport:
-    metrics_mode: MetricsMode
-    layers: tuple[LayerReport, ...]
-    summaries: Mapping[str, Summary]  # over all layers
-    conclusions: Mapping[str, Conclusion]
-    head_labels: tuple[str, ...]
-    head_dims: tuple[int, ...]
-    batch_index: int = 0
-    meta: Mapping[str, object] = dataclasses.field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------------
-# Head labels from irrep specifications
-# ------------------------------------------------------------------------------------------------
-
-_IRREP_ITEM = re.compile(r"^\s*(?:(\d+)\s*x\s*)?(\d+)([eo])\s*$")
-_ELL = re.compile(r"^ℓ(\d+)")
-
-
-def head_labels(
-    irreps: str | Sequence[tuple[str, int, int]], embed_dim: int | None = None
-) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Per-head labels and dimensions, one head per irrep copy, padding heads last.
-
-    Args:
-        irreps: an e3nn-style string (``"5x0e+3x1e+1x2e"``) or the reference's
-            ``[(label, multiplicity, dim), ...]``.
-        embed_dim: K; if the irrep dims sum to less, the rest becomes ``ℓ0_pad`` scalar heads.
-
-    Returns:
-        ``(labels, dims)``; ``"5x0e+3x1e+1x2e"`` gives 9 heads labelled ℓ0 x5, ℓ1 x3, ℓ2 with
-        dims 1 x5, 3 x3, 5.
-    """
-    labels: list[str] = []
-    dims: list[int] = []
-    if isinstance(irreps, str):
-        for item in irreps.split("+"):
-            match = _IRREP_ITEM.match(item)
-            if match is None:
-                raise ValueError(f"cannot parse irrep {item!r} in {irreps!r}")
-            mult, ell = int(match.group(1) or 1), int(match.group(2))
-            labels += [f"ℓ{ell}"] * mult
-            dims += [2 * ell + 1] * mult
-    else:
-        for label, mult, dim in irreps:
-            labels += [str(label)] * int(mult)
-            dims += [int(dim)] * int(mult)
-    if embed_dim is not None:
-        pad = embed_dim - sum(dims)
-        if pad < 0:
-            raise ValueError(f"irrep dims sum to {sum(dims)} > embed_dim {embed_dim}")
-        labels += ["ℓ0_pad"] * pad
-        dims += [1] * pad
-    return tuple(labels), tuple(dims)
-
-
-def _mode_results(parts: Sequence[PartReport], second: bool) -> list[CheckResult]:
-    """Results in order: the deciding mode's, or (``second``) the valid twins of a ``both`` run."""
-    out = [r for p in parts for r in p.results]
-    return [r.valid if second and r.valid is not None else r for r in out]
-
-
-def _ell(label: str) -> int | None:
-    match = _ELL.match(label)
-    return int(match.group(1)) if match else None
-
-
-def _kind(label: str) -> str:
-    ell = _ell(label)
-    if ell is None:
-        return "head"
-    names = {0: "scalar", 1: "vector", 2: "tensor"}
-    kind = names.get(ell, f"rank-{ell} tensor")
-    return kind + (", padding" if label.endswith("_pad") else "")
-
-
-def _default_dim(label: str) -> int:
-    ell = _ell(label)
-    return 1 if ell is None or label.endswith("_pad") else 2 * ell + 1
-
-
-def irrep_summary(
-    row_std: Sequence[float], labels: Sequence[str], dims: Sequence[int] | None = None
-) -> tuple[IrrepRow, ...]:
-    """Group per-head row_std values by irrep label (first-appearance order).
-
-    Args:
-        row_std: one value per head ``[H]``.
-        labels: head labels ``[H]`` (see :func:`head_labels`).
-        dims: head dimensions; derived from ``ℓ`` (2ℓ+1) when omitted.
-    """
-    values = np.asarray(row_std, dtype=np.float64)
-    if len(labels) != len(values):
-        raise ValueError(f"{len(labels)} labels for {len(values)} heads")
-    rows = []
-    for label in dict.fromkeys(labels):
-        idx = [h for h, lab in enumerate(labels) if lab == label]
-        dim = int(dims[idx[0]]) if dims is not None else _default_dim(label)
-        v = values[idx]
-        rows.append(
-            IrrepRow(label, _kind(label), dim, len(idx), float(v.min()), float(v.max()),
-                     float(v.mean()))
-        )
-    return tuple(rows)
-
-
-_TABLE_STATUS = {"SHARP": "✓ SHARP", "MEDIUM": "⚠️ MEDIUM", "UNIFORM": "❌ UNIFORM"}
-
-
-def render_irrep_table(rows: Sequence[IrrepRow], valid: Sequence[IrrepRow] | None = None) -> str:
-    """Markdown table in seed 001's format (plus head counts and means); ``valid`` adds columns."""
-    head = "| Head Type | Dimensionality | Heads | Typical row_std | Mean row_std | Status |"
-    rule = "|-----------|----------------|-------|-----------------|--------------|--------|"
-    if valid is not None:
-        head += " Mean row_std (valid) | Status (valid) |"
-        rule += "----------------------|----------------|"
-    lines = [head, rule]
-    for k, r in enumerate(rows):
-        line = (
-            f"| {r.label} ({r.kind}) | {r.dim} | {r.heads} | {r.row_std_min:.3f} - "
-            f"{r.row_std_max:.3f} | {r.row_std_mean:.4f} | {_TABLE_STATUS[r.status]} |"
-        )
-        if valid is not None:
-            v = valid[k]
-            line += f" {v.row_std_mean:.4f} | {_TABLE_STATUS[v.status]} |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
-# Checks, one builder per part and mode
-# ------------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,7 +246,7 @@ def _part4(c: _Ctx, mode: Mode) -> PartReport:
 
 
 def _head_counts(values: np.ndarray) -> tuple[int, int, int]:
-    labels = [row_std_label(v) for v in values]
+    labels = [stats.status(v) for v in values]
     return labels.count("SHARP"), labels.count("MEDIUM"), labels.count("UNIFORM")
 
 
@@ -723,95 +455,6 @@ def _merge(legacy: PartReport, valid: PartReport) -> PartReport:
                                notes=legacy.notes + notes)
 
 
-# ------------------------------------------------------------------------------------------------
-# Summary, conclusion, scenarios
-# ------------------------------------------------------------------------------------------------
-
-
-def summarize(results: Sequence[CheckResult]) -> Summary:
-    """The reference's counting: info failures count only in the total."""
-    crit = [r for r in results if not r.passed and r.severity == "critical"]
-    warn = [r for r in results if not r.passed and r.severity == "warning"]
-    return Summary(
-        total_tests=len(results),
-        passed=sum(r.passed for r in results),
-        critical_failures=len(crit),
-        warnings=len(warn),
-        issues=tuple(f"{r.name}: {r.message}" for r in crit + warn),
-    )
-
-
-def conclude(summary: Summary) -> Conclusion:
-    if summary.critical_failures:
-        return Conclusion("critical", CRITICAL_HEADLINE)
-    if summary.warnings:
-        return Conclusion("warning", WARNING_HEADLINE, WARNING_HINTS)
-    return Conclusion("ok", "✓ Attention is mathematically correct and learning structure!")
-
-
-def _merge_summaries(summaries: Sequence[Summary]) -> Summary:
-    """Totals over layers; issues are prefixed with their layer, criticals first."""
-    crit = [f"layer {k}: {i}" for k, s in enumerate(summaries)
-            for i in s.issues[: s.critical_failures]]
-    warn = [f"layer {k}: {i}" for k, s in enumerate(summaries)
-            for i in s.issues[s.critical_failures:]]
-    return Summary(
-        total_tests=sum(s.total_tests for s in summaries),
-        passed=sum(s.passed for s in summaries),
-        critical_failures=len(crit),
-        warnings=len(warn),
-        issues=tuple(crit + warn),
-    )
-
-
-def match_scenarios(
-    row_std: float, query_var: float, mu_div: float | None, labels: Sequence[str],
-    ppl: float | None = None,
-) -> tuple[Scenario, ...]:
-    """Seed 000's interpretation scenarios that match a layer's numbers.
-
-    Args:
-        row_std: mean head row_std.
-        query_var: average query variation.
-        mu_div: belief diversity (None if unknown).
-        labels: head labels; "low-ℓ heads dominate" means more than half are ℓ0/ℓ1.
-        ppl: learned-attention perplexity if known; the "model works" scenarios require < 1000.
-    """
-    good = ppl is None or ppl < 1000
-    ppl_note = "" if ppl is None else f", PPL={ppl:.1f}"
-    ells = [_ell(lab) for lab in labels]
-    low = sum(1 for e in ells if e is not None and e < 2)
-    low_dominant = low > len(labels) / 2
-    out = []
-    if good and row_std < 0.05 and query_var > QV_PASS:
-        out.append(Scenario(
-            1, "Model works, attention looks uniform",
-            f"row_std={row_std:.4f} < 0.05, query variation={query_var:.4f} > 0.05{ppl_note}",
-            "Attention works subtly: which tokens attend differs (query side) even though each "
-            "row spreads its weight nearly evenly over keys.",
-            "Nothing to fix; the model uses attention as intended."))
-    if good and row_std < 0.03 and query_var < QV_WEAK:
-        out.append(Scenario(
-            2, "Model works, attention truly uniform",
-            f"row_std={row_std:.4f} < 0.03, query variation={query_var:.4f} < 0.02{ppl_note}",
-            "Attention is plain uniform mixing; the FFN / belief propagation does the work.",
-            "Run the ablation (uniform override) and compare the loss."))
-    if mu_div is not None and mu_div > 0.4 and row_std < 0.03 and low_dominant:
-        out.append(Scenario(
-            3, "Architectural limitation",
-            f"μ_dist={mu_div:.4f} > 0.4, row_std={row_std:.4f} < 0.03, {low}/{len(labels)} "
-            "heads are ℓ0/ℓ1",
-            "Beliefs are diverse but low-dimensional irrep heads cannot turn that into sharp "
-            "attention.",
-            "Give a larger share of the embedding to tensor heads (ℓ2, ℓ3, ...)."))
-    return tuple(out)
-
-
-# ------------------------------------------------------------------------------------------------
-# Entry points
-# ------------------------------------------------------------------------------------------------
-
-
 def _per_layer(value, n_layers: int, what: str) -> list:
     """A model-wide mapping (same for every layer) or one mapping per layer."""
     if value is None or isinstance(value, Mapping):
@@ -834,6 +477,8 @@ def validate(
     param_counts: Mapping[str, int] | None = None,
     ablation: Mapping[str, float] | Sequence[Mapping[str, float]] | None = None,
     meta: Mapping[str, object] | None = None,
+    layer_numbers: Sequence[int] | None = None,
+    part_notes: Mapping[int, Sequence[Sequence[str]]] | None = None,
 ) -> ValidationReport:
     """Build the 9-part report for every layer from host-side :func:`all_metrics` results.
 
@@ -859,6 +504,10 @@ def validate(
             learned (> 10 % helps, > 2 % helps slightly, else critical). A sequence gives one
             mapping per layer (per-layer overrides).
         meta: free-form run description stored in the report (checkpoint, seq_len, ...).
+        layer_numbers: the model's layer index of each metrics layer (default ``0..L-1``), when
+            the metrics hold a subset of the layers.
+        part_notes: ``{part: [notes of layer k, ...]}``: lines the model side adds under a part
+            (gradient-flow and ablation details), so the report is complete when built.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
@@ -875,6 +524,11 @@ def validate(
     abls = _per_layer(ablation, n_layers, "ablation")
     modes = MODES[mode]
     specials = None if special_ids is None else tuple(int(s) for s in special_ids)
+    numbers = list(range(n_layers)) if layer_numbers is None else [int(x) for x in layer_numbers]
+    if len(numbers) != n_layers:
+        raise ValueError(f"{len(numbers)} layer numbers for {n_layers} layers")
+    extra = {part: _per_layer(list(notes), n_layers, f"part_notes[{part}]")
+             for part, notes in (part_notes or {}).items()}
     layers = []
     for layer in range(n_layers):
         ctx = _Ctx(m, layer, batch_index, labels, specials, grads[layer], param_counts,
@@ -884,6 +538,8 @@ def validate(
             parts = tuple(_merge(a, b) for a, b in zip(per_mode["legacy"], per_mode["valid"]))
         else:
             parts = tuple(per_mode[modes[0]])
+        parts = tuple(dataclasses.replace(p, notes=p.notes + tuple(extra[p.part][layer]))
+                      if p.part in extra else p for p in parts)
         rs_l = ctx.at_b0("row_std_legacy")
         rs_v = ctx.at_b0("row_std_valid")
         heads = tuple(HeadRow(h, labels[h], float(rs_l[h]), float(rs_v[h]))
@@ -900,8 +556,10 @@ def validate(
             scenarios[md] = match_scenarios(float(np.mean(rs)), qv,
                                             None if mu is None else float(mu), labels, ppl)
             irreps[md] = irrep_summary(rs, labels, dims)
-        layers.append(LayerReport(layer, parts, heads, summaries, conclusions, scenarios, irreps))
-    totals = {md: _merge_summaries([lay.summaries[md] for lay in layers]) for md in modes}
+        layers.append(LayerReport(numbers[layer], parts, heads, summaries, conclusions, scenarios,
+                                  irreps))
+    totals = {md: _merge_summaries([(lay.layer, lay.summaries[md]) for lay in layers])
+              for md in modes}
     return ValidationReport(
         metrics_mode=mode,
         layers=tuple(layers),
@@ -938,226 +596,3 @@ def run_validation(
                     query_var_batches=batch_index + 1)
     )
     return validate(metrics, batch_index=batch_index, special_ids=tuple(special_ids), **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------
-# κ sweep
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class KappaSweep:
-    """Per-head row_std vs temperature κ.
-
-    Attributes:
-        kappas: the κ values, in order.
-        labels: head labels.
-        row_std: mode -> ``[n_kappa, L, H]`` row_std of batch element ``batch_index``.
-    """
-
-    kappas: tuple[float, ...]
-    labels: tuple[str, ...]
-    row_std: Mapping[str, np.ndarray]
-
-
-@functools.partial(jax.jit, static_argnames=("include_diag",))
-def _row_std_both(beta, mask, include_diag):  # [..., N, N] -> ([...], [...])
-    return (row_std(beta, mask, mode="legacy"),
-            row_std(beta, mask, mode="valid", include_diag=include_diag))
-
-
-def kappa_sweep(
-    beta_fn: Callable[[float], object],
-    kappas: Sequence[float] = DEFAULT_KAPPAS,
-    *,
-    mask=None,
-    labels: Sequence[str] | None = None,
-    batch_index: int = 0,
-    include_diag: bool = True,
-) -> KappaSweep:
-    """Evaluate ``beta_fn(kappa)`` for each κ and record per-head row_std in both modes.
-
-    Args:
-        beta_fn: ``kappa -> beta`` with beta ``[B, H, N, N]`` or ``[L, B, H, N, N]`` (e.g. the
-            model's forward with its attention temperature overridden). Same shape for every
-            κ, so the metric compiles once.
-        kappas: temperatures (default: the reference's 0.3, 0.5, 1, 2, 5).
-        mask: key-validity mask ``[N, N]`` (causal if None).
-        labels: head labels (``H0..`` if None).
-        batch_index: batch element to report.
-        include_diag: valid-mode diagonal handling (see ``metrics.row_std``).
-    """
-    out: dict[str, list[np.ndarray]] = {"legacy": [], "valid": []}
-    for kappa in kappas:
-        beta = np.asarray(beta_fn(float(kappa)))
-        beta = beta[None] if beta.ndim == 4 else beta
-        n = beta.shape[-1]
-        mk = np.tri(n, dtype=bool) if mask is None else np.asarray(mask, bool)
-        legacy, valid = jax.device_get(_row_std_both(beta[:, batch_index], mk, include_diag))
-        out["legacy"].append(legacy)
-        out["valid"].append(valid)
-    n_heads = out["legacy"][0].shape[-1]
-    labels = tuple(labels) if labels is not None else tuple(f"H{h}" for h in range(n_heads))
-    return KappaSweep(tuple(float(k) for k in kappas), labels,
-                      {md: np.stack(v) for md, v in out.items()})
-
-
-def render_kappa_sweep(sweep: KappaSweep, mode: Mode = "legacy", layer: int = -1) -> str:
-    """Table: one row per κ, per-head row_std and the mean per irrep label."""
-    values = sweep.row_std[mode][:, layer]  # [n_kappa, H]
-    groups = list(dict.fromkeys(sweep.labels))
-    head = ["κ".rjust(8)] + [f"H{h}({lab})".rjust(10) for h, lab in enumerate(sweep.labels)]
-    head += [f"mean {g}".rjust(10) for g in groups]
-    lines = [f"κ sweep, row_std ({mode}), layer {layer}", " ".join(head)]
-    for k, kappa in enumerate(sweep.kappas):
-        row = [f"{kappa:8.4g}"] + [f"{v:10.4f}" for v in values[k]]
-        for g in groups:
-            idx = [h for h, lab in enumerate(sweep.labels) if lab == g]
-            row.append(f"{values[k, idx].mean():10.4f}")
-        lines.append(" ".join(row))
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------
-# Console rendering (seed 000's layout)
-# ------------------------------------------------------------------------------------------------
-
-
-def _render_result(r: CheckResult) -> list[str]:
-    lines = [r.message]
-    v = r.valid
-    if v is not None and (v.message != r.message or v.passed != r.passed):
-        lines.append(f"   [valid] {v.message}")
-    return lines
-
-
-def _render_heads(layer: LayerReport, modes: tuple[Mode, ...]) -> list[str]:
-    """Seed 000's per-head lines; a ``both`` report adds the valid value after a bar."""
-    lines = []
-    for h in layer.heads:
-        values = {"legacy": h.row_std, "valid": h.row_std_valid}
-        shown = [f"row_std={values[modes[0]]:.4f} [{row_std_status(values[modes[0]])}]"]
-        if len(modes) == 2:
-            shown.append(f"valid={h.row_std_valid:.4f} [{row_std_status(h.row_std_valid)}]")
-        lines.append(f"  Head {h.head:2d} ({h.label}): " + " | ".join(shown))
-    return lines
-
-
-def _render_summary(summary: Summary, conclusion: Conclusion, title: str) -> list[str]:
-    lines = [RULE, title, RULE, "", f"✓ Passed: {summary.passed}/{summary.total_tests} tests"]
-    crit = summary.issues[: summary.critical_failures]  # issues list criticals first
-    warn = summary.issues[summary.critical_failures:]
-    if crit:
-        lines.append(f"❌ Critical issues: {len(crit)}")
-        lines += [f"   - {i}" for i in crit]
-    if warn:
-        lines.append(f"⚠️  Warnings: {len(warn)}")
-        lines += [f"   - {i}" for i in warn]
-    lines += ["", THIN, "CONCLUSION:", THIN, conclusion.headline]
-    if conclusion.hints:
-        lines.append("   This could be due to:")
-        lines += [f"   - {h}" for h in conclusion.hints]
-    return lines
-
-
-def render_layer(layer: LayerReport, mode: MetricsMode, n_layers: int) -> str:
-    """One layer's full report: the nine parts, per-mode summary, conclusion and scenarios."""
-    modes = MODES[mode]
-    title = f"ATTENTION VALIDATION REPORT — layer {layer.layer} of {n_layers} (metrics: {mode})"
-    out = [RULE, title, RULE]
-    for part in layer.parts:
-        out += ["", f"[{part.part}/9] {part.title}", THIN]
-        if part.part == 5:
-            out += _render_heads(layer, modes)
-            out.append("")
-        out += list(part.lines)
-        if part.lines and part.results:
-            out.append("")
-        for r in part.results:
-            out += _render_result(r)
-        if part.notes:
-            out.append("")
-            out += list(part.notes)
-    for md in modes:
-        tag = f"SUMMARY — layer {layer.layer}" + ("" if len(modes) == 1 else f" ({md} metrics)")
-        out += [""] + _render_summary(layer.summaries[md], layer.conclusions[md], tag)
-        scen = layer.scenarios[md]
-        out += ["", "Interpretation:" if scen else "Interpretation: no seed scenario matches."]
-        for s in scen:
-            out += [f"  Scenario {s.number}: {s.title} ({s.evidence})",
-                    f"    {s.interpretation}", f"    Action: {s.action}"]
-    irr = layer.irreps
-    out += ["", "Per-irrep row_std:",
-            render_irrep_table(irr[modes[0]], irr["valid"] if len(modes) == 2 else None)]
-    out.append(RULE)
-    return "\n".join(out)
-
-
-def render_console(report: ValidationReport) -> str:
-    """The whole report: every layer, then the totals over layers."""
-    blocks = [render_layer(lay, report.metrics_mode, len(report.layers)) for lay in report.layers]
-    modes = MODES[report.metrics_mode]
-    tail = []
-    for md in modes:
-        title = f"OVERALL ({len(report.layers)} layers" + ("" if len(modes) == 1 else
-                                                             f", {md} metrics") + ")"
-        tail += _render_summary(report.summaries[md], report.conclusions[md], title) + [""]
-    return "\n\n".join(blocks) + "\n\n" + "\n".join(tail + [RULE])
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI on stored attention (e.g. a golden .npz with attn_beta_L{l} / attn_kl_L{l} keys)
-# ------------------------------------------------------------------------------------------------
-
-
-def _layer_stack(data, prefix: str) -> np.ndarray | None:
-    keys = sorted((k for k in data.files if re.fullmatch(rf"{prefix}\d+", k)),
-                  key=lambda k: int(k[len(prefix):]))
-    return np.stack([data[k] for k in keys]) if keys else None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m diagnostics.validate --npz FILE [--metrics both] [--json OUT] [--md OUT]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--npz", required=True,
-                        help="arrays: attn_beta_L{l} [B,H,N,N], optional attn_kl_L{l}, tokens, "
-                             "mu_final, phi_final, sigma_final")
-    parser.add_argument("--metrics", choices=tuple(MODES), default="legacy")
-    parser.add_argument("--irreps", default=None, help='e.g. "5x0e+3x1e+1x2e"')
-    parser.add_argument("--embed-dim", type=int, default=None)
-    parser.add_argument("--special-ids", type=int, nargs="*", default=())
-    parser.add_argument("--json", default=None, help="write the JSON report here")
-    parser.add_argument("--md", default=None, help="write the markdown report here")
-    args = parser.parse_args(argv)
-
-    from diagnostics import report as report_io
-
-    data = np.load(args.npz)
-    beta = _layer_stack(data, "attn_beta_L")
-    if beta is None:
-        parser.error(f"{args.npz} has no attn_beta_L<l> arrays")
-    sigma = data["sigma_final"] if "sigma_final" in data.files else None
-    sigma_diag = None if sigma is None else np.diagonal(sigma, axis1=-2, axis2=-1)
-    labels = dims = None
-    if args.irreps:
-        labels, dims = head_labels(args.irreps, args.embed_dim)
-
-    def get(key):
-        return data[key] if key in data.files else None
-
-    rep = run_validation(
-        beta, _layer_stack(data, "attn_kl_L"), None, get("tokens"), mu=get("mu_final"),
-        phi=get("phi_final"), sigma_diag=sigma_diag, special_ids=args.special_ids,
-        head_labels=labels, head_dims=dims, mode=args.metrics,
-        meta={"source": str(args.npz), "irreps": args.irreps},
-    )
-    print(render_console(rep))
-    if args.json:
-        report_io.write_json(rep, args.json)
-    if args.md:
-        report_io.write_markdown(rep, args.md)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,6 +15,7 @@ from flax import nnx
 from gaugeformer.config import ModelConfig, from_reference_dict
 from gaugeformer.convert.reference import model_from_reference
 from gaugeformer.convert.torch_pt import load_pt, split_checkpoint
+from gaugeformer.model.lm import GaugeTransformerLM
 
 
 def load_reference_fixture(directory: str | Path, **overrides):
@@ -115,8 +116,6 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 def tiny_model(seed: int = 0, **overrides):
-    from gaugeformer.model.lm import GaugeTransformerLM
-
     return GaugeTransformerLM(tiny_config(**overrides), rngs=nnx.Rngs(seed))
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gaugeformer.data.tokenizer import TOKENIZER_NAMES, get_tokenizer  # noqa: E402
 from gaugeformer.generate import generate  # noqa: E402
-from gaugeformer.train.checkpoint import load_model  # noqa: E402
+from gaugeformer.loading import load  # noqa: E402
 from gaugeformer.train.config import build_run_config  # noqa: E402
 from gaugeformer.train.loop import load_data  # noqa: E402
 
@@ -24,10 +24,13 @@ def load_for_generation(path: str, tokenizer: str | None = None):
     """``(model, tokenizer)`` of a checkpoint (run dir, ``checkpoints/``, ``best/``, step dir).
 
     The tokenizer is the run's (``data.tokenizer``); a restricted vocabulary's kept ids are
-    rebuilt from the run's training corpus.  (To be replaced by ``gf.load``, which reads them
-    from the checkpoint.)
+    rebuilt from the run's training corpus when the checkpoint does not record them (checkpoints
+    written before the tokenizer record); otherwise ``gf.load``'s tokenizer.
     """
-    model, meta = load_model(path)
+    loaded = load(path)  # the checkpoint's own tokenizer record (kept ids included) when it has one
+    model, meta = loaded.model, loaded.meta
+    if tokenizer is None and loaded.tokenizer is not None:
+        return model, loaded.tokenizer
     run = meta.get("run_config")
     kind = tokenizer or (run or {}).get("data", {}).get("tokenizer")
     if kind is None:

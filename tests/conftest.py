@@ -3,6 +3,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Subprocesses (scripts/*.py, which have no sys.path lines) import this checkout, not whichever
+# copy of the package the environment has installed.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

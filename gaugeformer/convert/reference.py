@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
+from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.ops import so3
 
 _TOP = {
@@ -175,8 +176,6 @@ def load_params(model: nnx.Module, params: dict) -> None:
 
 def model_from_reference(state_dict: dict, cfg: ModelConfig, seed: int = 0):
     """Build a :class:`GaugeTransformerLM` for ``cfg`` and load a reference state dict into it."""
-    from gaugeformer.model.lm import GaugeTransformerLM
-
     model = GaugeTransformerLM(cfg, rngs=nnx.Rngs(seed))
     load_params(model, state_dict_to_params(state_dict, cfg))
     return model
@@ -216,8 +215,6 @@ def expected_reference_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     is included (the reference saves it; a de-duplicated safetensors export may omit it, as it may
     omit the shared generator buffers: :func:`check_state_dict` treats both as optional).
     """
-    from gaugeformer.model.lm import GaugeTransformerLM
-
     abstract = nnx.eval_shape(lambda: GaugeTransformerLM(cfg, rngs=nnx.Rngs(0)))
     out = {torch_key_of(path): tuple(np.shape(v))
            for path, v in _flat(nnx.to_pure_dict(nnx.state(abstract)))}

@@ -34,16 +34,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gaugeformer import checkpoint as ckpt_lib
+from gaugeformer import stats
+from gaugeformer.capture import capture_jit
 from gaugeformer.config import ModelConfig
 from gaugeformer.data.text import (
     EvalBatches,
@@ -52,15 +54,14 @@ from gaugeformer.data.text import (
     load_embedded_dataset,
     load_wikitext,
 )
-from gaugeformer.data.tokenizer import get_tokenizer
+from gaugeformer.data.vocab import ModelTokenizer
 from gaugeformer.loss import free_energy_loss
-from gaugeformer.model.lm import GaugeTransformerLM, run_with_cache
-from gaugeformer.model.sow import ATTENTION_ONLY, flatten
-from gaugeformer.train import checkpoint as ckpt_lib
+from gaugeformer.model.lm import GaugeTransformerLM
+from gaugeformer.model.sow import flatten
 from gaugeformer.train import metrics as mlib
 from gaugeformer.train.config import ConfigError, DataConfig, RunConfig
 from gaugeformer.train.integrations import GracefulInterrupt, StepProfiler, open_tensorboard
-from gaugeformer.train.optim import OptimConfig, make_optimizer
+from gaugeformer.train.optim import OptimConfig, build_optimizer
 
 DATA_AXIS = "data"
 COMPILE_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
@@ -77,18 +78,6 @@ class LossWeights:
 
     alpha: float | None = None
     lambda_beta: float = 1.0
-
-
-def build_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    """:func:`~gaugeformer.train.optim.make_optimizer`, initialised on plain arrays.
-
-    ``nnx.Optimizer`` calls ``tx.init`` on a state whose leaves sit under ``Param`` nodes, which
-    would then also appear inside the optax state.  Initialising on ``nnx.as_pure`` keeps the state
-    plain, exactly as the converter's ``resumable_tx`` does, so a converted reference checkpoint
-    and a trainer checkpoint have the same ``opt_state`` structure.
-    """
-    tx = make_optimizer(cfg)
-    return optax.GradientTransformation(lambda params: tx.init(nnx.as_pure(params)), tx.update)
 
 
 def _loss_with_hooks(model, x, y, weights: LossWeights, train: bool):
@@ -126,13 +115,6 @@ def eval_step(model: GaugeTransformerLM, x: jax.Array, y: jax.Array, mask: jax.A
     count = mask.sum()
     return {"ce_sum": m["loss/ce"] * count, "count": count, "full": jnp.all(mask),
             "align": m["loss/belief_align"], "self": m["loss/self_consistency"]}
-
-
-@nnx.jit
-def capture_attention(model: GaugeTransformerLM, tokens: jax.Array) -> dict[str, jax.Array]:
-    """β and KL of every layer on ``tokens [1, N]`` (inference forward)."""
-    _, cache = run_with_cache(model, tokens, sow=ATTENTION_ONLY, train=False)
-    return {k: v for k, v in cache.items() if k.endswith(("attn.hook_pattern", "attn.hook_kl"))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,28 +184,32 @@ def load_data(cfg: DataConfig) -> TokenDataset:
                          vocab_size=cfg.vocab_size)
 
 
-def token_pieces(ids: Sequence[int], data: TokenDataset) -> list[bytes]:
-    """Raw bytes of each token id (restricted ids mapped back; UNK shown as ``<unk>``)."""
-    tok = get_tokenizer(data.tokenizer)
-    vmap = data.vocab_map
-    out = []
-    for i in ids:
-        i = int(i)
-        if vmap is not None:
-            if i >= len(vmap.kept_ids):
-                out.append(b"<unk>")
-                continue
-            i = int(vmap.kept_ids[i])
-        if hasattr(tok, "decode_single_token_bytes"):
-            out.append(tok.decode_single_token_bytes(i))
-        else:
-            out.append(bytes([i]))
-    return out
-
-
 def _config_diff(a: dict, b: dict) -> list[str]:
     keys = sorted(set(a) | set(b))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSnapshot:
+    """The attention of the fixed validation sequence at one evaluation, for a figure hook."""
+
+    step: int
+    beta: np.ndarray  # [L, 1, H, N, N]
+    kl: np.ndarray  # [L, 1, H, N, N]
+    pieces: list[bytes]
+    text: str
+    config: ModelConfig
+    caption: dict
+    out_dir: Path
+
+
+class Figures(Protocol):
+    """What the trainer draws, supplied by the caller (``diagnostics.training.FIGURES``), so the
+    library does not depend on its consumer."""
+
+    def curves(self, series: list[dict], out: Path, title: str) -> None: ...
+
+    def attention(self, snapshot: AttentionSnapshot) -> None: ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,8 +220,9 @@ def _config_diff(a: dict, b: dict) -> list[str]:
 class RunLog:
     """``metrics.jsonl`` (+ CSV), progress bar and console lines; a no-op off process 0."""
 
-    def __init__(self, workdir: Path, run_cfg: RunConfig, start_step: int, active: bool):
-        self.workdir, self.cfg, self.active = workdir, run_cfg, active
+    def __init__(self, workdir: Path, run_cfg: RunConfig, start_step: int, active: bool,
+                 figures: Figures | None = None):
+        self.workdir, self.cfg, self.active, self.figures = workdir, run_cfg, active, figures
         self.jsonl = workdir / "metrics.jsonl"
         self.csv = workdir / "metrics.csv"
         self.bar = None
@@ -312,10 +299,8 @@ class RunLog:
         return self.csv
 
     def write_curves(self) -> Path | None:
-        if not (self.active and self.cfg.log.curves):
+        if not (self.active and self.cfg.log.curves and self.figures is not None):
             return None
-        from diagnostics.plots import plot_training_curves
-
         series = []
         for r in self.records():
             if r.get("split") == "train":
@@ -327,7 +312,7 @@ class RunLog:
         if not series:
             return None
         out = self.workdir / "curves.png"
-        plot_training_curves(series, out, title="gaugeformer: cross-entropy and perplexity")
+        self.figures.curves(series, out, "gaugeformer: cross-entropy and perplexity")
         return out
 
     def close(self) -> None:
@@ -378,11 +363,14 @@ class StepContext:
 Hook = tuple[int, Callable[[StepContext], None]]
 
 
+
 class Trainer:
     """State and steps of one run; :func:`train_and_evaluate` is the entry point."""
 
-    def __init__(self, run_cfg: RunConfig, workdir: str | Path, hooks: Sequence[Hook] = ()):
+    def __init__(self, run_cfg: RunConfig, workdir: str | Path, hooks: Sequence[Hook] = (),
+                 figures: Figures | None = None):
         self.cfg = run_cfg
+        self.figures = figures
         self.workdir = Path(workdir).resolve()
         self.hooks = list(hooks)
         self.weights = LossWeights(run_cfg.train.alpha, run_cfg.train.lambda_beta)
@@ -390,6 +378,7 @@ class Trainer:
         self.place = Placement.over_all_devices()
         self._check_batches()
         self.data = load_data(run_cfg.data)
+        self.tokenizer = ModelTokenizer.of_dataset(self.data)
         if self.data.vocab_size != run_cfg.model.vocab_size:
             raise ConfigError(f"model.vocab_size={run_cfg.model.vocab_size} but the data has "
                               f"{self.data.vocab_size} token ids")
@@ -413,7 +402,7 @@ class Trainer:
             self.ckpt.close()
             raise
         self.step = self.start_step
-        self.log = RunLog(self.workdir, run_cfg, self.start_step, self.main)
+        self.log = RunLog(self.workdir, run_cfg, self.start_step, self.main, figures)
         self.profiler = StepProfiler(self.workdir / "profile", run_cfg.train.profile_steps)
         self._tick = (time.perf_counter(), self.start_step)
         self.tokens_per_sec = 0.0
@@ -663,12 +652,11 @@ class Trainer:
         """β/KL on the fixed validation sequence: row_std table (+ figures); ``fixed/...`` keys."""
         cfg: ModelConfig = self.cfg.model
         tokens = self.place.replicate(jnp.asarray(self.fixed_tokens[None]))
-        cache = jax.device_get(capture_attention(self.model, tokens))
-        beta = np.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(cfg.n_layers)])
-        kl = np.stack([cache[f"blocks.{l}.attn.hook_kl"] for l in range(cfg.n_layers)])
-        mask = mlib.valid_key_mask(cfg, beta.shape[-1])
-        valid = np.asarray(mlib.row_std_valid(jnp.asarray(beta[:, 0]), mask))
-        legacy = np.asarray(mlib.row_std_legacy(jnp.asarray(beta[:, 0])))
+        got = jax.device_get(capture_jit(self.model, tokens))
+        beta, kl = np.asarray(got.beta), np.asarray(got.kl)
+        mask = stats.model_valid_keys(cfg, beta.shape[-1])
+        valid = np.asarray(stats.row_std_valid(jnp.asarray(beta[:, 0]), mask))
+        legacy = np.asarray(stats.row_std_legacy(jnp.asarray(beta[:, 0])))
         out = {}
         for layer in range(cfg.n_layers):
             for h in range(cfg.n_heads):
@@ -676,28 +664,25 @@ class Trainer:
                 out[f"fixed/L{layer}/h{h}/row_std_reference"] = float(legacy[layer, h])
         if not self.main:
             return out
-        table = mlib.row_std_table(valid, legacy, cfg.head_labels)
+        table = stats.row_std_table(valid, legacy, cfg.head_labels)
         if self.cfg.log.console_diagnostics:
             self.log.print(f"[attention @ step {step}] fixed validation sequence "
                            f"#{self.cfg.data.fixed_sequence}\n{table}")
-        if self.cfg.log.attention_figures:
+        if self.cfg.log.attention_figures and self.figures is not None:
             self._figures(step, beta, kl, table)
         return out
 
     def _figures(self, step: int, beta: np.ndarray, kl: np.ndarray, table: str) -> None:
-        from diagnostics.plots import plot_attention_with_context
-
         cfg = self.cfg.model
         out_dir = self.workdir / "attention" / f"step_{step:06d}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        pieces = token_pieces(self.fixed_tokens, self.data)
+        pieces = self.tokenizer.pieces(self.fixed_tokens)
         text = b"".join(pieces).decode("utf-8", errors="replace")
         caption = {"source": f"{self.data.source}, validation window "
                              f"#{self.cfg.data.fixed_sequence}",
                    "text_preview": text, "checkpoint": f"{self.workdir.name} @ step {step}",
                    "self_attention_masked": cfg.mask_self_attention}
-        plot_attention_with_context(beta, kl, pieces, list(cfg.head_labels), caption, out_dir,
-                                    kappa=cfg.kappa_beta)
+        self.figures.attention(AttentionSnapshot(step, beta, kl, pieces, text, cfg, caption, out_dir))
         (out_dir / "row_std.md").write_text(
             f"# Attention row_std at step {step}\n\nSequence (validation window "
             f"#{self.cfg.data.fixed_sequence}):\n\n```\n{text}\n```\n\n{table}\n",
@@ -710,6 +695,7 @@ class Trainer:
         d = self.cfg.data
         return {
             "step": step,
+            "tokenizer": self.tokenizer.to_meta(),
             "data": {"next_step": step, "epoch": epoch, "epoch_batch": index,
                      "shuffle_seed": d.shuffle_seed, "batch_size": d.batch_size,
                      "seq_len": d.seq_len, "source": self.data.summary(),
@@ -766,8 +752,8 @@ class Trainer:
         }
 
 
-def train_and_evaluate(run_cfg: RunConfig, workdir: str | Path,
-                       hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+def train_and_evaluate(run_cfg: RunConfig, workdir: str | Path, hooks: Sequence[Hook] = (),
+                       figures: Figures | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``workdir`` up to ``run_cfg.train.steps``.
 
     Rerunning with the same ``workdir`` resumes from its last complete checkpoint and continues
@@ -777,6 +763,8 @@ def train_and_evaluate(run_cfg: RunConfig, workdir: str | Path,
       run_cfg: the validated run configuration.
       workdir: run directory (created; made absolute).
       hooks: ``(every, fn)`` pairs; ``fn(StepContext)`` runs after every ``every``-th step.
+      figures: draws curves and attention figures (``log.curves``, ``log.attention_figures``);
+        ``diagnostics.training.FIGURES`` in the CLI; None draws nothing.
 
     Returns:
       Summary dict: ``status`` (``completed`` | ``interrupted``), ``step``, ``start_step``,
@@ -792,4 +780,4 @@ def train_and_evaluate(run_cfg: RunConfig, workdir: str | Path,
     """
     if run_cfg.train.distributed:
         init_distributed()
-    return Trainer(run_cfg, workdir, hooks).run()
+    return Trainer(run_cfg, workdir, hooks, figures).run()

@@ -22,7 +22,6 @@ the result one step late.  Names (keys of the metrics dict):
 * ``finite/...``: booleans used by the NaN guard (loss, every gradient, every sown tensor).
 """
 
-import math
 import re
 
 import jax
@@ -31,58 +30,16 @@ import numpy as np
 
 from gaugeformer.config import ModelConfig
 from gaugeformer.model.sow import HOOK_DOC
-from gaugeformer.ops.masks import valid_keys
+from gaugeformer.stats import model_valid_keys, row_entropy, row_std_valid
 from gaugeformer.train import optim
 
 Array = jax.Array
 LOSS_KEYS = ("loss/total", "loss/ce", "loss/belief_align", "loss/self_consistency")
-SHARP, MEDIUM = 0.1, 0.05
 
 
 # ----------------------------------------------------------------------------------------------
-# Masks and attention statistics (jnp, rank-polymorphic over leading axes)
+# Per-layer attention scalars (statistics from gaugeformer.stats)
 # ----------------------------------------------------------------------------------------------
-
-
-def valid_key_mask(cfg: ModelConfig, n: int) -> np.ndarray:
-    """``[N, N]`` bool: keys query i may attend (pattern, causality and self-masking of ``cfg``)."""
-    return valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
-
-
-def _masked_row_std(x: Array, mask: np.ndarray) -> tuple[Array, Array]:
-    """Population std of each row over valid keys, and which rows have >= 2 keys."""
-    w = jnp.asarray(mask, x.dtype)
-    cnt = w.sum(-1)
-    mean = (x * w).sum(-1) / jnp.maximum(cnt, 1.0)
-    var = (jnp.square(x - mean[..., None]) * w).sum(-1) / jnp.maximum(cnt, 1.0)
-    return jnp.sqrt(var), cnt >= 2
-
-
-def row_std_valid(beta: Array, mask: np.ndarray) -> Array:
-    """Valid-keys row_std: ``[..., N, M]`` -> ``[...]`` (mean over rows with >= 2 valid keys).
-
-    >>> b = jnp.tril(jnp.ones((4, 4))) / jnp.arange(1, 5)[:, None]
-    >>> float(row_std_valid(b, np.tril(np.ones((4, 4), bool))))
-    0.0
-    """
-    std, ok = _masked_row_std(beta, mask)
-    okf = ok.astype(beta.dtype)
-    return (std * okf).sum(-1) / jnp.maximum(okf.sum(-1), 1.0)
-
-
-def row_std_legacy(beta: Array) -> Array:
-    """The reference's row_std (ref-diagnostics §2.1): std over the N-1 off-diagonal keys (masked
-    keys included), averaged over all N rows.  ``[..., N, N]`` -> ``[...]``."""
-    n = beta.shape[-1]
-    off = ~np.eye(n, dtype=bool)
-    std, _ = _masked_row_std(beta, off)
-    return std.mean(-1)
-
-
-def row_entropy(beta: Array, mask: np.ndarray) -> Array:
-    """Mean over rows of ``-Σ_valid β log β`` (nats)."""
-    p = jnp.where(mask, beta, 0.0)
-    return jnp.mean(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1), -1)
 
 
 def layer_attention_stats(beta: Array, kl: Array | None, mask: np.ndarray) -> dict[str, Array]:
@@ -208,7 +165,7 @@ def step_metrics(cfg: ModelConfig, optim_cfg: optim.OptimConfig, loss_metrics: d
     out.update(learning_rates(optim_cfg.update_index(step), optim_cfg))
     out.update(grad_norms(grads, optim_cfg.clean_groups))
     n = hooks["blocks.0.attn.hook_pattern"].shape[-1]
-    mask = valid_key_mask(cfg, n)
+    mask = model_valid_keys(cfg, n)
     for layer in range(cfg.n_layers):
         beta = hooks[f"blocks.{layer}.attn.hook_pattern"]
         kl = hooks.get(f"blocks.{layer}.attn.hook_kl")
@@ -304,31 +261,6 @@ def _where(name: str) -> str:
     if m:
         return f"layer {m.group(1)} tensor '{m.group(2)}' ({name})"
     return f"tensor '{name}' (outside the blocks)"
-
-
-def row_std_status(value: float) -> str:
-    """SHARP (> 0.1) / MEDIUM (> 0.05) / UNIFORM (ref-diagnostics §2.2)."""
-    if not math.isfinite(value):
-        return "n/a"
-    return "SHARP" if value > SHARP else ("MEDIUM" if value > MEDIUM else "UNIFORM")
-
-
-def row_std_table(valid: np.ndarray, legacy: np.ndarray, labels: tuple[str, ...]) -> str:
-    """Markdown table of per-head row_std with irrep labels.
-
-    Args:
-      valid: ``[L, H]`` valid-keys row_std.
-      legacy: ``[L, H]`` reference row_std (masked keys included).
-      labels: H irrep labels.
-    """
-    rows = ["| layer | head | irrep | row_std (valid keys) | status | row_std (reference) |",
-            "|---:|---:|:---|---:|:---|---:|"]
-    for layer in range(valid.shape[0]):
-        for h, label in enumerate(labels):
-            v = float(valid[layer, h])
-            rows.append(f"| {layer} | {h} | {label} | {v:.4f} | {row_std_status(v)} | "
-                        f"{float(legacy[layer, h]):.4f} |")
-    return "\n".join(rows)
 
 
 def format_diversity(m: dict) -> str:

@@ -33,6 +33,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 GROUPS = ("mu", "phi", "ffn", "output")
 
@@ -139,3 +140,15 @@ def learning_rates(step: int, cfg: OptimConfig) -> dict[str, float]:
     f = float(schedule_factor(step, cfg))
     return {g: group_lr(g, cfg) * f for g in GROUPS}
 
+
+def build_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    """:func:`make_optimizer`, initialised on plain arrays: the one optimizer of the trainer and
+    of every checkpoint (trained or converted) with an ``opt_state``.
+
+    ``nnx.Optimizer`` calls ``tx.init`` on a state whose leaves sit under ``Param`` nodes, whose
+    paths end in ``.value``, so :func:`group_of` would put every parameter in ``ffn`` (and the
+    nodes would appear inside the optax state).  Initialising on ``nnx.as_pure`` keeps the real
+    groups and a plain state.
+    """
+    tx = make_optimizer(cfg)
+    return optax.GradientTransformation(lambda params: tx.init(nnx.as_pure(params)), tx.update)

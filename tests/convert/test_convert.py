@@ -27,12 +27,13 @@ import pytest
 from flax import nnx
 from test_torch_pt import Builder, FakeTensor, write_pt  # same directory (pytest's rootdir import)
 
+from gaugeformer import checkpoint as checkpoint_io
 from gaugeformer.config import ModelConfig, from_reference_dict
 from gaugeformer.convert import convert as cv
 from gaugeformer.convert.reference import map_torch_key
 from gaugeformer.convert.torch_pt import load_pt, split_checkpoint
 from gaugeformer.testing import FORWARD_RTOL, rel_err
-from gaugeformer.train.optim import make_optimizer
+from gaugeformer.train.optim import build_optimizer, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -69,6 +70,17 @@ def _values_by_torch_key(model, state_dict: dict, cfg: ModelConfig):
         yield key, np.asarray(node), value
 
 
+def _load(out: Path):
+    """``(model, cfg, pure optax state | None, meta)`` of a converted directory, through the one
+    checkpoint reader (:func:`gaugeformer.checkpoint.restore`)."""
+    restored = checkpoint_io.restore(out, optimizer=True)
+    model = checkpoint_io.model_from_restored(restored)
+    opt_state = None
+    if restored.opt_state is not None:
+        opt_state = nnx.as_pure(checkpoint_io.optimizer_from_restored(restored, model).opt_state)
+    return model, restored.model_config, opt_state, restored.meta
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: "), err
@@ -101,7 +113,7 @@ def test_every_fixture_converts_with_no_flags(converted, name):
     rc, lines, out = converted(name)
     assert rc == 0, lines
     assert any("model config: model_config.json beside the checkpoint" in line for line in lines)
-    model, cfg, opt_state, meta = cv.load_converted(out)
+    model, cfg, opt_state, meta = _load(out)
     assert cfg == _reference_config(name)
     sd = _state_dict(name)
     for key, ours, theirs in _values_by_torch_key(model, sd, cfg):
@@ -123,7 +135,7 @@ def test_every_fixture_converts_with_no_flags(converted, name):
 def test_converted_checkpoint_gives_fixture_logits(converted, name):
     rc, _, out = converted(name)
     assert rc == 0
-    model, _, _, _ = cv.load_converted(out)
+    model, _, _, _ = _load(out)
     golden = np.load(FIXTURES / name / "golden.npz")
     logits = nnx.jit(lambda m, t: m(t))(model, golden["tokens"])
     assert rel_err(logits, golden["logits"]) <= FORWARD_RTOL
@@ -209,7 +221,7 @@ def test_config_inferred_from_the_weights(tmp_path, name):
     text = "\n".join(lines)
     assert "model config: inferred from the state dict" in text
     assert "assumed: kappa_beta=" in text and "assumed: evolve_phi=True" in text
-    _, cfg, _, _ = cv.load_converted(tmp_path / "out")
+    _, cfg, _, _ = _load(tmp_path / "out")
     want = _reference_config(name)
     assert {k: getattr(cfg, k) for k in _STRUCTURAL} == {k: getattr(want, k) for k in _STRUCTURAL}
     assert cfg.kappa_beta == pytest.approx(want.kappa_beta)
@@ -235,7 +247,7 @@ def test_experiment_config_is_resolved(tmp_path):
     assert "experiment_config.json beside the checkpoint" in text
     assert "vocab_size=256 from token_embed.phi_embed.weight" in text and "2000000" in text
     assert "written before κ is auto-scaled" in text
-    _, cfg, _, _ = cv.load_converted(tmp_path / "out")
+    _, cfg, _, _ = _load(tmp_path / "out")
     assert cfg == _reference_config("A_v256")
     assert cfg.kappa_beta == pytest.approx(19 / 11)
 
@@ -252,7 +264,7 @@ def test_explicit_config_file_yaml_and_gaugeformer_json(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(ref, allow_unicode=True))
     rc, _ = _run(FIXTURES / "D_v256" / "best_model.pt", tmp_path / "b", config=tmp_path / "c.yaml")
     assert rc == 0
-    assert cv.load_converted(tmp_path / "a")[1] == cv.load_converted(tmp_path / "b")[1] == want
+    assert _load(tmp_path / "a")[1] == _load(tmp_path / "b")[1] == want
 
 
 def test_contradicting_config_names_keys_and_both_shapes(tmp_path, capsys):
@@ -308,7 +320,7 @@ def test_safetensors_with_json_config(tmp_path, where):
         (tmp_path / "model.json").write_text(text)
     rc, lines = _run(path, tmp_path / "out")
     assert rc == 0, lines
-    model, cfg, opt_state, meta = cv.load_converted(tmp_path / "out")
+    model, cfg, opt_state, meta = _load(tmp_path / "out")
     assert cfg == _reference_config(name) and opt_state is None
     assert meta["step"] == (7 if where == "metadata" else 0)
     for key, ours, theirs in _values_by_torch_key(model, sd, cfg):
@@ -333,7 +345,7 @@ def test_older_format_with_model_config_inside(tmp_path):
     rc, lines = _run(tmp_path / "old.pt", tmp_path / "out")
     assert rc == 0, lines
     assert any("the checkpoint's 'config' (older format)" in line for line in lines)
-    _, cfg, opt_state, meta = cv.load_converted(tmp_path / "out")
+    _, cfg, opt_state, meta = _load(tmp_path / "out")
     assert cfg == _reference_config("T_A_v256") and opt_state is None and meta["step"] == 41
 
 
@@ -343,7 +355,7 @@ def test_bare_state_dict(tmp_path):
     shutil.copy(FIXTURES / "D_v256" / "model_config.json", tmp_path)
     rc, lines = _run(tmp_path / "bare.pt", tmp_path / "out")
     assert rc == 0, lines
-    assert cv.load_converted(tmp_path / "out")[1] == _reference_config("D_v256")
+    assert _load(tmp_path / "out")[1] == _reference_config("D_v256")
 
 
 # =============================================================================================
@@ -370,9 +382,9 @@ def test_adamw_step_matches_torch_formula(converted):
     assert rc == 0
     ckpt = split_checkpoint(load_pt(FIXTURES / "T_A_v256" / "best_model.pt"))
     torch_opt, sd = ckpt["optimizer_state_dict"], ckpt["model_state_dict"]
-    model, _, opt_state, meta = cv.load_converted(out)
+    model, _, opt_state, meta = _load(out)
     # max_steps=300 puts the lr at step 300 at ~0; a longer schedule keeps the update visible
-    ocfg = dataclasses.replace(cv.optim_config_of(meta), max_steps=20000)
+    ocfg = dataclasses.replace(checkpoint_io.optim_config_of(meta), max_steps=20000)
     assert (ocfg.phi_lr, ocfg.ffn_lr, ocfg.weight_decay, ocfg.warmup_steps) == (0.05, 0.2, 0.01, 25)
     tx = make_optimizer(ocfg)
     params = nnx.as_pure(nnx.state(model, nnx.Param))
@@ -413,8 +425,8 @@ def test_adamw_step_matches_torch_formula(converted):
 
 def test_converted_state_resumes_in_nnx_optimizer(converted):
     _, _, out = converted("T_A_v256")
-    model, _, opt_state, meta = cv.load_converted(out)
-    optimizer = nnx.Optimizer(model, cv.resumable_tx(cv.optim_config_of(meta)), wrt=nnx.Param)
+    model, _, opt_state, meta = _load(out)
+    optimizer = nnx.Optimizer(model, build_optimizer(checkpoint_io.optim_config_of(meta)), wrt=nnx.Param)
     cv.install_opt_state(optimizer, opt_state, meta["step"])
     assert int(optimizer.step[...]) == 300
     for a, b in zip(jax.tree.leaves(nnx.as_pure(optimizer.opt_state)), jax.tree.leaves(opt_state)):
@@ -426,24 +438,20 @@ def test_converted_state_resumes_in_nnx_optimizer(converted):
 
 def test_trainer_opens_converted_checkpoint(converted):
     """The training pipeline's loader and resume path (gaugeformer.train) read the same items."""
-    ckpt_lib = pytest.importorskip("gaugeformer.train.checkpoint")
-    loop = pytest.importorskip("gaugeformer.train.loop")
-    import orbax.checkpoint as ocp
-
-    from gaugeformer.model.lm import GaugeTransformerLM
+    import gaugeformer as gf
 
     _, _, out = converted("T_A_v256")
-    ours, cfg, opt_state, meta = cv.load_converted(out)
-    model, their_meta = ckpt_lib.load_model(out)
-    assert their_meta["step"] == 300 and model.cfg == cfg
-    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(ours))):
+    ours, cfg, opt_state, meta = _load(out)
+    loaded = gf.load(out)
+    assert loaded.meta["step"] == 300 and loaded.config == cfg and loaded.meta["kind"] == "converted"
+    assert loaded.tokenizer.name == "bytes"  # V = 256
+    for a, b in zip(jax.tree.leaves(nnx.state(loaded.model)), jax.tree.leaves(nnx.state(ours))):
         np.testing.assert_array_equal(a, b)
-    tx = loop.build_optimizer(cv.optim_config_of(meta))
-    template = nnx.eval_shape(
-        lambda: nnx.Optimizer(GaugeTransformerLM(cfg, rngs=nnx.Rngs(0)), tx, wrt=nnx.Param))
-    manager = ocp.CheckpointManager(out)
+    # the trainer's resume path: its optimizer template, read through the manager it opens
+    template = checkpoint_io.optimizer_template(cfg, build_optimizer(checkpoint_io.optim_config_of(meta)))
+    manager, step = checkpoint_io.open_checkpoint(out)
     try:
-        restored = ckpt_lib.restore_step(manager, meta["step"], optimizer_template=template)
+        restored = checkpoint_io.restore_step(manager, step, optimizer_template=template)
     finally:
         manager.close()
     nnx.update(template, restored.opt_state)
@@ -485,9 +493,9 @@ def test_output_never_half_written(tmp_path, monkeypatch):
         assert (tmp / "0" / "params").is_dir()
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(cv, "_commit", crash)
+    monkeypatch.setattr(checkpoint_io, "_commit", crash)
     with pytest.raises(OSError, match="simulated"):
-        cv.save_converted(out, conv.model, conv.config.cfg, conv.meta, force=False)
+        cv.save_converted(out, conv.model, conv.meta, force=False)
     assert not out.exists() and not _leftovers(tmp_path, "out")
     monkeypatch.undo()
     # a failure inside orbax's writer threads (one JSON item fails while the arrays are written)
@@ -498,15 +506,15 @@ def test_output_never_half_written(tmp_path, monkeypatch):
             raise TypeError("simulated failure while writing 'meta'")
         return real_dumps(obj, *args, **kwargs)
 
-    monkeypatch.setattr(cv, "json", types.SimpleNamespace(dumps=real_dumps, loads=json.loads))
+    monkeypatch.setattr(checkpoint_io, "json", types.SimpleNamespace(dumps=real_dumps, loads=json.loads))
     monkeypatch.setattr(json, "dumps", failing_dumps)
     with pytest.raises(TypeError, match="simulated"):
-        cv.save_converted(out, conv.model, conv.config.cfg, {**conv.meta, "explode": True})
+        cv.save_converted(out, conv.model, {**conv.meta, "explode": True})
     assert not out.exists() and not _leftovers(tmp_path, "out")
     monkeypatch.undo()
     # an item that is not JSON is refused before anything is written
-    with pytest.raises(cv.ConversionError, match="not plain JSON"):
-        cv.save_converted(out, conv.model, conv.config.cfg, {**conv.meta, "bad": object()})
+    with pytest.raises(checkpoint_io.CheckpointError, match="not plain JSON"):
+        cv.save_converted(out, conv.model, {**conv.meta, "bad": object()})
     assert not out.exists() and not _leftovers(tmp_path, "out")
 
 
@@ -515,9 +523,9 @@ def test_existing_output_needs_force(tmp_path, capsys):
     assert _run(FIXTURES / "A_v256" / "best_model.pt", out)[0] == 0
     rc = cv.run(FIXTURES / "D_v256" / "best_model.pt", out, log=lambda m: None)
     assert rc == 2 and "exists; fix: pass --force" in _one_error_line(capsys)
-    assert cv.load_converted(out)[1].embed_dim == 19  # untouched
+    assert _load(out)[1].embed_dim == 19  # untouched
     assert _run(FIXTURES / "D_v256" / "best_model.pt", out, force=True)[0] == 0
-    assert cv.load_converted(out)[1].embed_dim == 25
+    assert _load(out)[1].embed_dim == 25
     assert not _leftovers(tmp_path, "out")
 
 

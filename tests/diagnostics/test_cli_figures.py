@@ -24,7 +24,8 @@ import pytest  # noqa: E402
 
 from diagnostics import capture as C  # noqa: E402
 from diagnostics.export import load_bertviz  # noqa: E402
-from diagnostics.loading import CheckpointLoadError, load_any_checkpoint  # noqa: E402
+from diagnostics.cli import visualize_parser  # noqa: E402
+from gaugeformer.loading import CheckpointLoadError, load, random_model  # noqa: E402
 from gaugeformer.data.text import clean_wikitext_rows, make_wikitext_format_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,8 +113,8 @@ def test_visualize_validation_mode_reads_wikitext_file(env) -> None:
 
 def test_random_mode_and_source_errors(env) -> None:
     """Sequence selection of the shared options (no forward pass needed)."""
-    parse = env["va"].build_parser().parse_args
-    cfg = load_any_checkpoint(None, config=env["config"])[1]
+    parse = visualize_parser().parse_args
+    cfg = random_model(env["config"]).config
     (seq,) = C.sequences_from_args(parse(["--mode", "random", "--seq-len", "99"]), cfg)
     assert len(seq) == N and seq.ids.max() < 100  # clipped to max_seq_len
     assert "random token ids" in seq.source and "debugging only" in seq.source
@@ -144,7 +145,7 @@ def test_recency_figures_and_recommendations(env, capsys) -> None:
     assert sum(v for k, v in summary.panels.items() if k.startswith("summary")) == 6
     for rec in (heads[0], lines[-1], summary):
         _assert_png(rec.path)
-    assert res.captured.per_sample().shape == (3, L, H, N, N)
+    assert res.captured.beta.swapaxes(0, 1).shape == (3, L, H, N, N)
     assert [f"window {i}" in s.source for i, s in enumerate(res.sequences)] == [True] * 3
     text = capsys.readouterr().out
     assert "RECOMMENDATION" in text and "threshold" in text and "ratio > 2.0" in text
@@ -198,28 +199,26 @@ def test_analyze_reference_checkpoint(env) -> None:
     # the same weights as a converted orbax directory give the same attention
     from gaugeformer.convert.convert import FORMAT, save_converted
 
-    model, cfg, _ = load_any_checkpoint(T_A / "best_model.pt")
-    conv = save_converted(env["base"] / "T_A_converted", model, cfg,
+    ref = load(T_A / "best_model.pt")
+    conv = save_converted(env["base"] / "T_A_converted", ref.model,
                           {"format": FORMAT, "step": 300, "converted_from": "best_model.pt"})
-    model2, cfg2, desc = load_any_checkpoint(conv)
-    assert cfg2 == cfg and desc.startswith("T_A_converted (converted from best_model.pt")
-    np.testing.assert_array_equal(C.capture_attention(model2, res.sequences[0].ids).beta,
+    converted = load(conv)
+    assert converted.config == ref.config
+    assert converted.description.startswith("T_A_converted (converted from best_model.pt")
+    np.testing.assert_array_equal(C.capture_attention(converted.model, res.sequences[0].ids).beta,
                                   res.captured.beta)
 
 
 def test_loader_messages(tmp_path, env) -> None:
-    _, cfg, desc = load_any_checkpoint(None, config=env["config"])
-    assert desc.startswith("random weights") and cfg.vocab_size == 256
+    rnd = random_model(env["config"])
+    assert rnd.description.startswith("random weights") and rnd.config.vocab_size == 256
     with pytest.raises(CheckpointLoadError, match="no such"):
-        load_any_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "run").mkdir()  # empty: no trainer checkpoint (or no trainer module yet)
-    with pytest.raises(CheckpointLoadError, match="checkpoint"):
-        load_any_checkpoint(tmp_path / "run")
-    lone = tmp_path / "lone" / "best_model.pt"
-    lone.parent.mkdir()
-    lone.write_bytes((T_A / "best_model.pt").read_bytes())
-    with pytest.raises(CheckpointLoadError, match="no model config"):
-        load_any_checkpoint(lone)
+        load(tmp_path / "missing.pt")
+    (tmp_path / "run").mkdir()  # empty: no checkpoint
+    with pytest.raises(CheckpointLoadError, match="no checkpoint found"):
+        load(tmp_path / "run")
+    with pytest.raises(ValueError, match="YAML or JSON only"):  # seed 000's --config x.py
+        random_model(tmp_path / "config.py")
 
 
 def test_tokenizer_resolution() -> None:

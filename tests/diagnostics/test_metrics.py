@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from diagnostics import metrics as M
+from gaugeformer import stats
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "A_v256" / "golden.npz"
 EPS = 1e-8  # the reference's clamp for masked entries
@@ -222,24 +223,24 @@ def test_onehot_rows_and_the_legacy_bound(table):
     expect = np.mean(np.sqrt(keys - 1) / keys)
     assert m["row_std_valid"][0, 2, 0] == pytest.approx(expect, rel=1e-5)
     assert m["row_std_valid"][0, 3, 0] == pytest.approx(expect, rel=1e-5)  # self is a valid key
-    assert M.row_std_label(m["row_std_valid"][0, 3, 0]) == "SHARP"
+    assert stats.status(m["row_std_valid"][0, 3, 0]) == "SHARP"
 
 
 def test_sharp_impossible_in_legacy_mode_for_long_sequences(table):
     # max std of N-1 non-negative entries summing to <= 1 is the one-hot's sqrt(N-2)/(N-1)
     bounds = [math.sqrt(n - 2) / (n - 1) for n in range(100, 4097)]
-    assert max(bounds) < M.SHARP_THRESHOLD
-    assert math.sqrt(99 - 2) / (99 - 1) > M.SHARP_THRESHOLD  # ... and it is the N >= 100 edge
+    assert max(bounds) < stats.SHARP_THRESHOLD
+    assert math.sqrt(99 - 2) / (99 - 1) > stats.SHARP_THRESHOLD  # ... and it is the N >= 100 edge
     n, _, m = table
-    label = M.row_std_label(m["row_std_legacy"][0, 2, 0])
+    label = stats.status(m["row_std_legacy"][0, 2, 0])
     assert label == ("SHARP" if n < 100 else "MEDIUM")
 
 
 def test_labels():
-    assert [M.row_std_label(x) for x in (0.2, 0.1, 0.06, 0.05, 0.0)] == [
+    assert [stats.status(x) for x in (0.2, 0.1, 0.06, 0.05, 0.0)] == [
         "SHARP", "MEDIUM", "MEDIUM", "UNIFORM", "UNIFORM"
     ]
-    assert M.row_std_status(0.07) == "⚠MEDIUM"
+    assert stats.marked(0.07) == "⚠MEDIUM" and stats.table_status("MEDIUM") == "⚠️ MEDIUM"
 
 
 def test_uniform_causal_is_uniform_in_valid_mode(table):

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from diagnostics import metrics as M
+from gaugeformer import stats
 from diagnostics import report as R
+from diagnostics import cli as CLI
+from diagnostics import irreps as IR
+from diagnostics import kappa as K
+from diagnostics import render as RD
+from diagnostics import schema as S
+from diagnostics import summary as SM
 from diagnostics import validate as V
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "A_v256" / "golden.npz"
@@ -29,7 +36,7 @@ def golden():
             sigma_diag=np.diagonal(g["sigma_final"], axis1=-2, axis2=-1), special_ids=special,
         )
     )
-    labels, dims = V.head_labels(IRREPS, 19)
+    labels, dims = IR.head_labels(IRREPS, 19)
     return {"m": m, "special": special, "labels": labels, "dims": dims, "kl": kl,
             "tokens": g["tokens"]}
 
@@ -52,15 +59,15 @@ def by_name(layer, mode=None):
 @pytest.mark.parametrize("mode", ["legacy", "valid", "both"])
 def test_console_has_all_nine_parts_per_layer(golden, mode):
     rep = make(golden, mode)
-    text = V.render_console(rep)
+    text = RD.render_console(rep)
     n_layers = len(rep.layers)
     assert n_layers == 2
-    for part, title in V.PART_TITLES.items():
+    for part, title in S.PART_TITLES.items():
         assert text.count(f"[{part}/9] {title}") == n_layers, title
     for layer in range(n_layers):
         assert f"ATTENTION VALIDATION REPORT — layer {layer} of {n_layers}" in text
         assert f"SUMMARY — layer {layer}" in text
-    assert text.count("CONCLUSION:") == n_layers * len(V.MODES[mode]) + len(V.MODES[mode])
+    assert text.count("CONCLUSION:") == n_layers * len(S.MODES[mode]) + len(S.MODES[mode])
     assert "Not run: no per-group gradient norms supplied" in text
     assert "Not run: no ablation losses supplied" in text
     assert "  Head  8 (ℓ2): row_std=" in text
@@ -111,19 +118,19 @@ def test_decisions_match_thresholds(golden, mode):
 
 
 def test_reference_counting_and_conclusions():
-    ok = V.CheckResult("a", True, 1.0, 0.5, "info", "✓")
-    warn_pass = V.CheckResult("b", True, 0.7, 0.8, "warning", "⚠️")
-    info_fail = V.CheckResult("c", False, None, None, "info", "ℹ skipped")
-    warn_fail = V.CheckResult("d", False, 1.0, 1.1, "warning", "⚠️ w")
-    crit_fail = V.CheckResult("e", False, 0.0, 0.05, "critical", "❌ x")
-    s = V.summarize([ok, warn_pass, info_fail])
+    ok = S.CheckResult("a", True, 1.0, 0.5, "info", "✓")
+    warn_pass = S.CheckResult("b", True, 0.7, 0.8, "warning", "⚠️")
+    info_fail = S.CheckResult("c", False, None, None, "info", "ℹ skipped")
+    warn_fail = S.CheckResult("d", False, 1.0, 1.1, "warning", "⚠️ w")
+    crit_fail = S.CheckResult("e", False, 0.0, 0.05, "critical", "❌ x")
+    s = SM.summarize([ok, warn_pass, info_fail])
     assert (s.total_tests, s.passed, s.critical_failures, s.warnings) == (3, 2, 0, 0)
-    assert V.conclude(s).status == "ok"
-    s = V.summarize([ok, warn_fail, crit_fail, info_fail])
+    assert SM.conclude(s).status == "ok"
+    s = SM.summarize([ok, warn_fail, crit_fail, info_fail])
     assert (s.passed, s.critical_failures, s.warnings) == (1, 1, 1)
     assert s.issues == ("e: ❌ x", "d: ⚠️ w")  # criticals first
-    assert V.conclude(s).status == "critical"
-    c = V.conclude(V.summarize([ok, warn_fail]))
+    assert SM.conclude(s).status == "critical"
+    c = SM.conclude(SM.summarize([ok, warn_fail]))
     assert c.status == "warning" and len(c.hints) == 3
 
 
@@ -244,11 +251,11 @@ def test_both_modes_on_uniform_causal():
 
 def test_scenarios():
     labels = ["ℓ0"] * 5 + ["ℓ1"] * 3 + ["ℓ2"]
-    assert [s.number for s in V.match_scenarios(0.04, 0.06, None, labels)] == [1]
-    assert [s.number for s in V.match_scenarios(0.02, 0.01, 0.5, labels)] == [2, 3]
-    assert [s.number for s in V.match_scenarios(0.02, 0.01, 0.5, ["ℓ2"] * 3)] == [2]
-    assert V.match_scenarios(0.04, 0.06, None, labels, ppl=1500.0) == ()
-    assert V.match_scenarios(0.08, 0.06, 0.5, labels) == ()
+    assert [s.number for s in SM.match_scenarios(0.04, 0.06, None, labels)] == [1]
+    assert [s.number for s in SM.match_scenarios(0.02, 0.01, 0.5, labels)] == [2, 3]
+    assert [s.number for s in SM.match_scenarios(0.02, 0.01, 0.5, ["ℓ2"] * 3)] == [2]
+    assert SM.match_scenarios(0.04, 0.06, None, labels, ppl=1500.0) == ()
+    assert SM.match_scenarios(0.08, 0.06, 0.5, labels) == ()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,27 +264,27 @@ def test_scenarios():
 
 
 def test_head_labels():
-    labels, dims = V.head_labels(IRREPS)
+    labels, dims = IR.head_labels(IRREPS)
     assert labels == ("ℓ0",) * 5 + ("ℓ1",) * 3 + ("ℓ2",)
     assert dims == (1,) * 5 + (3,) * 3 + (5,)
-    labels, dims = V.head_labels([("ℓ2", 1, 5), ("ℓ4", 1, 9), ("ℓ5", 1, 11)], embed_dim=27)
+    labels, dims = IR.head_labels([("ℓ2", 1, 5), ("ℓ4", 1, 9), ("ℓ5", 1, 11)], embed_dim=27)
     assert labels == ("ℓ2", "ℓ4", "ℓ5", "ℓ0_pad", "ℓ0_pad") and dims == (5, 9, 11, 1, 1)
-    assert V.head_labels("2x1o + 1e")[0] == ("ℓ1", "ℓ1", "ℓ1")
+    assert IR.head_labels("2x1o + 1e")[0] == ("ℓ1", "ℓ1", "ℓ1")
     with pytest.raises(ValueError):
-        V.head_labels("5x0e+junk")
+        IR.head_labels("5x0e+junk")
     with pytest.raises(ValueError):
-        V.head_labels(IRREPS, embed_dim=10)
+        IR.head_labels(IRREPS, embed_dim=10)
 
 
 def test_irrep_table():
-    labels, dims = V.head_labels(IRREPS, 20)
-    rows = V.irrep_summary([0.024, 0.03, 0.026, 0.027, 0.028, 0.03, 0.045, 0.04, 0.068, 0.01],
+    labels, dims = IR.head_labels(IRREPS, 20)
+    rows = IR.irrep_summary([0.024, 0.03, 0.026, 0.027, 0.028, 0.03, 0.045, 0.04, 0.068, 0.01],
                            labels, dims)
     assert [(r.label, r.heads, r.dim) for r in rows] == [
         ("ℓ0", 5, 1), ("ℓ1", 3, 3), ("ℓ2", 1, 5), ("ℓ0_pad", 1, 1)]
     assert rows[0].row_std_mean == pytest.approx(0.027)
     assert [r.status for r in rows] == ["UNIFORM", "UNIFORM", "MEDIUM", "UNIFORM"]
-    table = V.render_irrep_table(rows)
+    table = IR.render_irrep_table(rows)
     assert table.splitlines()[0].startswith("| Head Type | Dimensionality |")
     assert "| ℓ0 (scalar) | 1 | 5 | 0.024 - 0.030 | 0.0270 | ❌ UNIFORM |" in table
     assert "| ℓ2 (tensor) | 5 | 1 | 0.068 - 0.068 | 0.0680 | ⚠️ MEDIUM |" in table
@@ -294,14 +301,14 @@ def test_kappa_sweep(golden):
         return np.maximum(p / p.sum(-1, keepdims=True), 1e-8).astype(np.float32)
 
     kappas = (0.05, 0.3, 1.0, 5.0)
-    sweep = V.kappa_sweep(beta_fn, kappas, mask=mask, labels=golden["labels"])
+    sweep = K.kappa_sweep(beta_fn, kappas, mask=mask, labels=golden["labels"])
     assert sweep.row_std["legacy"].shape == (4, 1, 9)
     valid, legacy = sweep.row_std["valid"][:, 0], sweep.row_std["legacy"][:, 0]
     assert np.all(np.diff(valid, axis=0) < 0)  # colder is sharper, for every head
     # KL_ii = 0, so a cold head piles its mass on the diagonal, which legacy row_std excludes:
     # the ℓ2 head is SHARP over valid keys but reads UNIFORM in the reference's metric
-    assert M.row_std_label(valid[0, 8]) == "SHARP"
-    assert M.row_std_label(legacy[0, 8]) == "UNIFORM" and legacy[0, 8] < legacy[1, 8]
+    assert stats.status(valid[0, 8]) == "SHARP"
+    assert stats.status(legacy[0, 8]) == "UNIFORM" and legacy[0, 8] < legacy[1, 8]
     for k, kappa in enumerate(kappas):  # independent numpy row_std of head 8
         b = beta_fn(kappa)[0, 8].astype(np.float64)
         off = b.copy()
@@ -309,7 +316,7 @@ def test_kappa_sweep(golden):
         assert legacy[k, 8] == pytest.approx(np.nanstd(off, axis=1).mean(), abs=2e-6)
         stds = [b[i, : i + 1].std() for i in range(1, n)]
         assert valid[k, 8] == pytest.approx(np.mean(stds), abs=2e-6)
-    text = V.render_kappa_sweep(sweep, "valid", 0)
+    text = K.render_kappa_sweep(sweep, "valid", 0)
     assert "mean ℓ2" in text and len(text.splitlines()) == 2 + 4
 
 
@@ -326,7 +333,7 @@ def test_json_round_trip_and_schema(golden, tmp_path, mode):
     assert R.read_json(path) == rep
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["schema_version"] == 1 and doc["kind"] == "gaugeformer.attention_validation"
-    assert doc["modes"] == list(V.MODES[mode])
+    assert doc["modes"] == list(S.MODES[mode])
     lay = doc["layers"][1]
     assert [p["part"] for p in lay["parts"]] == list(range(1, 10))
     assert len(lay["tests"]) == 13  # 11 + gradient flow + uniform ablation
@@ -334,7 +341,7 @@ def test_json_round_trip_and_schema(golden, tmp_path, mode):
         assert set(t) == {"part", "name", "passed", "score", "threshold", "severity",
                           "message", "valid"}
         assert (t["valid"] is not None) == (mode == "both")
-    assert set(lay["summary"]) == set(V.MODES[mode])
+    assert set(lay["summary"]) == set(S.MODES[mode])
     assert lay["conclusion"][mode if mode != "both" else "legacy"]["status"] == "critical"
     # schema violations
     for breakage in (
@@ -375,7 +382,7 @@ def test_markdown(golden, tmp_path):
 
 def test_cli(golden, tmp_path, capsys):
     out_json, out_md = tmp_path / "v.json", tmp_path / "v.md"
-    rc = V.main(["--npz", str(FIXTURE), "--metrics", "both", "--irreps", IRREPS,
+    rc = CLI.validate_npz(["--npz", str(FIXTURE), "--metrics", "both", "--irreps", IRREPS,
                  "--embed-dim", "19", "--special-ids", str(golden["special"][0]),
                  "--json", str(out_json), "--md", str(out_md)])
     assert rc == 0

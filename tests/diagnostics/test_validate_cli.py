@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from diagnostics import report as R  # noqa: E402
-from diagnostics import validate as V  # noqa: E402
-from diagnostics.loading import model_config_from_file  # noqa: E402
+from diagnostics import schema as S  # noqa: E402
+from gaugeformer.convert.recover import config_from_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
@@ -62,7 +62,7 @@ def runs(tmp_path_factory):
     # native random-weight model: the publication-default config D (configs/publication_D.yaml)
     # at the fixture's vocabulary, so it shares D's compiled code (same config and shapes)
     cfg = base / "native_D.json"
-    native = model_config_from_file(ROOT / "configs" / "publication_D.yaml").replace(vocab_size=256)
+    native = config_from_file(ROOT / "configs" / "publication_D.yaml").cfg.replace(vocab_size=256)
     cfg.write_text(json.dumps(native.to_dict(), ensure_ascii=False))
     out = {"base": base}
     out["D"] = _run(mod, ["--checkpoint", str(FIX / "D_v256" / "best_model.pt"),
@@ -145,7 +145,7 @@ def test_console_nine_parts_every_layer_and_json_schema(runs, name):
     res = runs[name]
     n_rep = len(res.layers)
     text = res.console
-    for part, title in V.PART_TITLES.items():
+    for part, title in S.PART_TITLES.items():
         assert text.count(f"[{part}/9] {title}") == n_rep, (name, title)
     for li in res.layers:
         assert f"ATTENTION VALIDATION REPORT — layer {li} of {res.cfg.n_layers}" in text
@@ -291,5 +291,5 @@ def test_full_report_every_fixture(tmp_path, fixture):
     R.check_schema(json.loads((tmp_path / "r.json").read_text(encoding="utf-8")))
     assert all(math.isfinite(g.norm) and g.norm > 0 for g in res.gradflow.groups)
     assert res.ablation.override_ffn_beta
-    for part, title in V.PART_TITLES.items():
+    for part, title in S.PART_TITLES.items():
         assert res.console.count(f"[{part}/9] {title}") == res.cfg.n_layers

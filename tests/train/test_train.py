@@ -19,9 +19,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import gaugeformer as gf
+from diagnostics.training import FIGURES
+from gaugeformer import checkpoint as ckpt
+from gaugeformer.checkpoint import Checkpointer
 from gaugeformer.data.text import DatasetUnavailableError
 from gaugeformer.train import loop
-from gaugeformer.train.checkpoint import Checkpointer, load_model
 from gaugeformer.train.config import ConfigError, RunConfig, apply_overrides, build_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,7 @@ def train_records(workdir: Path) -> dict[int, dict]:
 
 
 def params_of(path: Path) -> dict:
-    model, _ = load_model(path)
+    model = ckpt.model_from_restored(ckpt.restore(path))  # the latest step
     return {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model))}
 
 
@@ -60,7 +63,7 @@ def run_a(tmp_path_factory):
     cfg = make_cfg("log.attention_figures=true", "log.curves=true", "train.profile_steps=[2, 3]",
                    f"log.tensorboard={str(HAS_TENSORBOARD).lower()}")
     before = loop.train_step.jitted_fn._cache_size()
-    summary = loop.train_and_evaluate(cfg, workdir)
+    summary = loop.train_and_evaluate(cfg, workdir, figures=FIGURES)
     summary["cache_entries_added"] = loop.train_step.jitted_fn._cache_size() - before
     return workdir, summary
 
@@ -93,9 +96,12 @@ def test_outputs(run_a):
     table = (fig_dir / "row_std.md").read_text()
     assert "| 0 | 0 | ℓ0 |" in table and "| 0 | 1 | ℓ1 |" in table and "```" in table
     assert (workdir / "curves.png").stat().st_size > 10_000
-    # checkpoints carry their config: the model loads with nothing else
-    model, meta = load_model(workdir)
-    assert model.cfg == make_cfg().model and meta["step"] == 6
+    # checkpoints carry their config and tokenizer: the model loads with nothing else
+    loaded = gf.load(workdir)
+    model, meta = loaded.model, loaded.meta
+    assert model.cfg == make_cfg().model and meta["step"] == 6 and meta["kind"] == "trained"
+    assert meta["tokenizer"] == {"kind": "bytes", "vocab_size": 256, "kept_ids": None}
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode("héllo")) == "héllo"
     assert meta["data"]["next_step"] == 6 and meta["run_config"]["train"]["steps"] == 6
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
     assert (workdir / "best" / "6").is_dir()
@@ -139,7 +145,7 @@ def test_profile_steps_write_a_trace(run_a):
 
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
-    from gaugeformer.train.checkpoint import Checkpointer, make_save_args, model_from_restored
+    from gaugeformer.checkpoint import Checkpointer, make_save_args, model_from_restored
     ck = Checkpointer(sys.argv[1])
     model = model_from_restored(ck.restore())
     ck.latest.save(5, args=make_save_args(model, None, {"step": 5}))  # asynchronous
@@ -246,7 +252,7 @@ def test_generate_cli_on_a_run(run_a, capsys):
     assert cli.main([str(workdir), "--ids", "104", "105", "--max-new-tokens", "4",
                      "--temperature", "0"]) == 0
     ids = [int(t) for t in capsys.readouterr().out.split()]
-    assert ids == generate(load_model(workdir)[0], [104, 105], max_new_tokens=4, temperature=0)
+    assert ids == generate(gf.load(workdir).model, [104, 105], max_new_tokens=4, temperature=0)
     assert cli.main([str(workdir / "checkpoints" / "3"), "hi", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("hi")
 
@@ -360,7 +366,7 @@ def test_converted_reference_checkpoint_resumes(tmp_path):
                            "tests/fixtures/A_v256/best_model.pt", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert conv.returncode == 0, conv.stderr[-3000:]
-    _, meta = load_model(out)
+    meta = gf.load(out).meta
     start = int(meta["step"])
     cfg = build_run_config(apply_overrides(
         __import__("yaml").safe_load((ROOT / "configs" / "reference_A.yaml").read_text()),

@@ -1,4 +1,4 @@
-"""Figures of diagnostics.plots render, have the expected panels and are not blank."""
+"""Figures of diagnostics.figures render, have the expected panels and are not blank."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from diagnostics import plots as P
+from diagnostics import figures as P
+from gaugeformer import stats
+from gaugeformer.stats import KeyPattern
 from diagnostics import recency as R
 
 L, B, H, N = 2, 1, 3, 12
@@ -64,25 +66,7 @@ def test_format_token_handles_partial_and_unprintable() -> None:
     assert P.format_token("日本") == "日本"
 
 
-def test_valid_row_std_reference_values() -> None:
-    n = 10
-    mask = P.valid_key_mask(n)
-    uniform = np.tril(np.ones((n, n))) / np.arange(1, n + 1)[:, None]
-    assert np.nanmax(P.valid_row_std(uniform, mask)) < 1e-12
-    assert np.isnan(P.valid_row_std(uniform, mask)[0])  # one valid key
-    prev = np.eye(n, k=-1)
-    prev[0, 0] = 1.0
-    per_row = P.valid_row_std(prev, mask)
-    cnt = np.arange(1, n + 1)
-    np.testing.assert_allclose(per_row[1:], np.sqrt(cnt[1:] - 1) / cnt[1:])
-    assert float(P.head_row_std(prev, mask)) == pytest.approx(np.mean(per_row[1:]))
-    # masked future keys (1e-8) and a masked diagonal do not enter the statistic
-    filled = np.where(mask, uniform, 1e-8)
-    assert np.nanmax(P.valid_row_std(filled, mask)) < 1e-12
-    ms = P.valid_key_mask(n, self_masked=True)
-    assert ms[0, 0] and not ms[1, 1] and ms[1, 0] and not ms[0, 1]
-    assert P.row_std_status(0.2) == "SHARP" and P.row_std_status(0.07) == "MEDIUM"
-    assert P.row_std_status(0.01) == "UNIFORM"
+def test_irrep_of() -> None:
     assert P.irrep_of("ℓ0_pad") == (0, True) and P.irrep_of("ℓ2") == (2, False)
 
 
@@ -101,8 +85,9 @@ def test_context_figure_panels_and_stats(data: dict, tmp_path) -> None:
         assert p["kl"] == 1 and p["kl_spread"] == 1 and p["tokens"] == 1
         assert p["colorbar"] == 3
         _assert_png(rec)
-    mask = P.valid_key_mask(N)
-    np.testing.assert_allclose(recs[0].stats["row_std"], P.head_row_std(data["beta"][0, 0], mask))
+    mask = KeyPattern().grid(N)
+    np.testing.assert_allclose(recs[0].stats["row_std"],
+                               stats.row_std_valid(data["beta"][0, 0], mask, empty=np.nan))
     assert recs[0].stats["kl_spread"] > 0.5 and recs[0].notes == ()
 
 

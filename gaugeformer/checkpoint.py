@@ -1,4 +1,6 @@
-"""Orbax checkpoints that carry their own configuration (fixes ref-diagnostics §0.8 / §8.1).
+"""The one checkpoint I/O: orbax checkpoints that carry their own configuration (fixes
+ref-diagnostics §0.8 / §8.1), written by the trainer and the converter, read by both and by
+:func:`gaugeformer.load`.
 
 Layout under the run directory (absolute paths; orbax commits a step atomically by renaming a
 temporary directory, so a run killed during a save leaves only an ignored
@@ -9,7 +11,9 @@ temporary directory, so a run killed during a save leaves only an ignored
         params/     nnx pure dict of ``nnx.state(model)`` (Params and the small constant buffers)
         opt_state/  nnx pure dict of ``nnx.state(optimizer)`` (optax state and its step counter)
         config/     JSON: ``ModelConfig.to_dict()``, enough to rebuild the model with no other file
-        meta/       JSON: ``{"format", "step", "data", "rng", "run_config", "best", "eval", ...}``
+        meta/       JSON: ``{"format", "step", "tokenizer", "data", "rng", "run_config", "best",
+                    "eval", ...}``; ``tokenizer`` is ``ModelTokenizer.to_meta()``: kind and, for a
+                    restricted vocabulary, the kept ids
 
 ``step`` is the number of completed optimizer updates (the reference stored the 0-based loop index).
 ``meta["data"]["next_step"]`` is the index of the next training batch
@@ -17,14 +21,19 @@ temporary directory, so a run killed during a save leaves only an ignored
 data position exactly.  The model takes no random numbers during training, so ``meta["rng"]`` holds
 the seeds that determine the run (init and shuffle).
 
-The items are the same as the converter's (``params``, ``config``, ``meta``, optional
-``opt_state``): :func:`load_model` opens a converted checkpoint as well as a training one, and the
-trainer resumes from either (a checkpoint without ``opt_state`` starts a fresh optimizer).
+The converter writes the same items into a one-step directory with :func:`write` (atomically:
+a temp directory renamed into place), so :func:`restore` opens a converted checkpoint as well as a
+training one, and the trainer resumes from either (a checkpoint without ``opt_state`` starts a
+fresh optimizer).  ``opt_state`` is always the state of
+:func:`gaugeformer.train.optim.build_optimizer` of the run's (or the converted) ``OptimConfig``.
 """
 
 import dataclasses
 import json
+import os
 import shutil
+import threading
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,9 +45,18 @@ from flax import nnx
 
 from gaugeformer.config import ModelConfig
 from gaugeformer.model.lm import GaugeTransformerLM
+from gaugeformer.train.optim import OptimConfig, build_optimizer
 
 FORMAT = "gaugeformer-train-v1"
 ITEMS = ("params", "opt_state", "config", "meta")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read (the message says why and what to do)."""
+
+
+class OutputExistsError(CheckpointError):
+    """The output directory exists and ``force`` was not given."""
 
 
 def _manager(directory: Path, keep: int | None, async_save: bool, read_only: bool = False):
@@ -163,8 +181,7 @@ def restore_step(manager: ocp.CheckpointManager, step: int, *,
         ``opt_state`` item is restored into; ``None`` skips the optimizer.
       sharding: placement of every restored array (e.g. replicated over the mesh).
     """
-    head = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                         meta=ocp.args.JsonRestore()))
+    head = read_head(manager, step)
     cfg = ModelConfig.from_dict(head["config"])
     target = _abstract(nnx.to_pure_dict(nnx.state(abstract_model(cfg))), sharding)
     items = {"params": ocp.args.StandardRestore(target)}
@@ -216,11 +233,127 @@ def open_checkpoint(path: str | Path, step: int | None = None
     return manager, int(step)
 
 
-def load_model(path: str | Path, step: int | None = None) -> tuple[GaugeTransformerLM, dict]:
-    """Open a checkpoint for inference: ``(model, meta)`` (see :func:`open_checkpoint`)."""
+def restore(path: str | Path, step: int | None = None, *, optimizer: bool = False,
+            sharding: jax.sharding.Sharding | None = None) -> Restored:
+    """Read a checkpoint location (see :func:`open_checkpoint`) in one call.
+
+    Args:
+      path: a run directory, ``checkpoints/``, ``best/``, a converted directory or a step.
+      step: step to read (default: the latest, or the one ``path`` names).
+      optimizer: also read ``opt_state`` (when present) into the structure of
+        ``build_optimizer(optim_config_of(meta))``.
+      sharding: placement of every restored array.
+    """
     manager, step = open_checkpoint(path, step)
-    restored = restore_step(manager, step)
-    return model_from_restored(restored), restored.meta
+    try:
+        template = None
+        if optimizer:
+            head = read_head(manager, step)
+            optim = optim_config_of(head["meta"])
+            if optim is not None:
+                template = optimizer_template(ModelConfig.from_dict(head["config"]),
+                                              build_optimizer(optim))
+        return restore_step(manager, step, optimizer_template=template, sharding=sharding)
+    finally:
+        manager.close()
+
+
+def read_head(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The ``config`` and ``meta`` items of one step (small JSON, no arrays)."""
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                         meta=ocp.args.JsonRestore()))
+
+
+def optim_config_of(meta: Mapping[str, Any]) -> OptimConfig | None:
+    """The :class:`OptimConfig` a checkpoint's ``opt_state`` belongs to (None without one):
+    ``meta["optim"]`` (converted) or ``meta["run_config"]["optim"]`` (trained)."""
+    optim = meta.get("optim") or (meta.get("run_config") or {}).get("optim")
+    return OptimConfig(**optim) if optim else None
+
+
+def optimizer_template(cfg: ModelConfig, tx) -> nnx.Optimizer:
+    """An abstract ``nnx.Optimizer(model, tx, wrt=nnx.Param)``: the ``opt_state`` structure."""
+    return nnx.eval_shape(lambda: nnx.Optimizer(GaugeTransformerLM(cfg, rngs=nnx.Rngs(0)), tx,
+                                                 wrt=nnx.Param))
+
+
+def optimizer_from_restored(restored: Restored, model: nnx.Module, tx=None) -> nnx.Optimizer:
+    """``nnx.Optimizer`` over ``model`` holding the restored state (step included).
+
+    ``tx`` defaults to ``build_optimizer(optim_config_of(restored.meta))``.
+    """
+    if restored.opt_state is None:
+        raise CheckpointError("the checkpoint has no optimizer state (opt_state); fix: restore "
+                              "with optimizer=True, or start a fresh optimizer")
+    tx = tx if tx is not None else build_optimizer(optim_config_of(restored.meta))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    nnx.update(opt, restored.opt_state)
+    return opt
+
+
+def write(out_dir: str | Path, step: int, model: nnx.Module, optimizer: nnx.Optimizer | None,
+          meta: Mapping, *, force: bool = False) -> Path:
+    """Write one checkpoint step into ``out_dir`` atomically (the converter's output).
+
+    Everything is written to ``.<name>.tmp-<id>`` beside ``out_dir`` and renamed into place; on any
+    failure the temp dir is removed and ``out_dir`` is untouched.  ``meta`` must be plain JSON.
+
+    Raises:
+      OutputExistsError: ``out_dir`` exists and not ``force``.
+      CheckpointError: ``meta`` or the config is not plain JSON.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists; fix: pass --force to replace it")
+    for name, item in (("config", model.cfg.to_dict()), ("meta", meta)):
+        try:
+            json.dumps(item, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the {name} item is not plain JSON ({exc})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _write_step(tmp, step, make_save_args(model, optimizer, {**meta, "step": int(step)}))
+        _commit(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_step(directory: Path, step: int, args) -> None:
+    """One synchronous ``CheckpointManager`` save."""
+    before = set(threading.enumerate())
+    manager = _manager(directory, None, False)
+    try:
+        manager.save(step, args=args)
+        manager.wait_until_finished()
+    except BaseException:
+        # one failed item does not stop the writer threads of the others: let them finish, so
+        # that the caller's cleanup removes everything
+        for thread in set(threading.enumerate()) - before:
+            thread.join(timeout=60)
+        raise
+    finally:
+        manager.close()
+
+
+def _commit(tmp: Path, out: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (only with ``force``) is removed after."""
+    old = None
+    if out.exists():
+        if not force:
+            raise OutputExistsError(f"{out} exists; fix: pass --force to replace it")
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def strong_types(tree):

@@ -1,0 +1,149 @@
+"""Command lines of the library: ``gaugeformer-train``, ``-convert``, ``-generate``, ``-sweep``,
+``-bench`` (the attention tools are in :mod:`diagnostics.cli`).  ``scripts/*.py`` wrap these.
+
+Each is an argparse parser and one call.  ``generate``, ``sweep`` and ``bench`` run modules other
+work adds (``gaugeformer.generate``, ``gaugeformer.train.sweep``, ``gaugeformer.bench``); they are
+imported when the command runs, and a missing one is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from gaugeformer.convert.convert import run as convert_run
+from gaugeformer.convert.recover import ConversionError, require_yaml_or_json
+from gaugeformer.train.config import ConfigError, load_run_config
+from gaugeformer.train.loop import enable_compilation_cache, train_and_evaluate
+
+TRAIN_DOC = """Train a gauge transformer from a YAML run file; rerunning on the same workdir resumes.
+
+    gaugeformer-train --config configs/tiny.yaml --workdir runs/tiny
+    gaugeformer-train --config configs/publication_D.yaml --workdir runs/D \\
+        --set train.steps=2000 --set model.kappa_beta=0.5
+
+Multi-host (every host runs the same command; see README): add ``--set train.distributed=true``.
+Exit status: 0 done, 130 interrupted by Ctrl-C and 143 by SIGTERM or a preemption (a checkpoint
+saved either way), 3 stopped on a NaN/inf, 2 bad input.
+"""
+
+CONVERT_DOC = """Convert a PyTorch reference checkpoint into a gaugeformer orbax checkpoint (and validate it).
+
+    gaugeformer-convert tests/fixtures/T_A_v256/best_model.pt --out /tmp/T_A \\
+        --validate tests/fixtures/T_A_v256/golden.npz
+
+Exit status: 0 converted (and validated), 1 a validation failed, 2 an error (one line on stderr).
+See gaugeformer/convert/convert.py for the config recovery order and the orbax layout.
+"""
+
+
+def _figures():
+    """The training figures of the ``diagnostics`` package, when it is installed.
+
+    The command line is the composition root: it plugs the consumer's figures into the library's
+    ``figures`` hook; the library modules themselves never import ``diagnostics``.
+    """
+    try:
+        return importlib.import_module("diagnostics.training").FIGURES
+    except ImportError as err:
+        print(f"[train] no figures ({err}); metrics and checkpoints are unaffected",
+              file=sys.stderr)
+        return None
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gaugeformer-train", description=TRAIN_DOC.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=TRAIN_DOC.split("\n\n", 1)[1])
+    p.add_argument("--config", required=True, help="YAML run file (configs/*.yaml)")
+    p.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use the persistent XLA cache (~/.cache/gaugeformer/jax)")
+    return p
+
+
+def train(argv: Sequence[str] | None = None) -> int:
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    try:
+        require_yaml_or_json(args.config)
+        run_cfg = load_run_config(args.config, args.overrides)
+    except (ConfigError, ConversionError) as err:
+        parser.error(str(err))
+    if not args.no_compile_cache:
+        enable_compilation_cache()
+    try:
+        summary = train_and_evaluate(run_cfg, args.workdir, figures=_figures())
+    except FloatingPointError as err:
+        print(f"\n[train] stopped: {err}", file=sys.stderr)
+        return 3
+    print(json.dumps(summary, indent=2, default=str))
+    if summary["status"] != "interrupted":
+        return 0
+    return 143 if summary["stop_signal"] in ("SIGTERM", "preemption") else 130
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gaugeformer-convert", description=CONVERT_DOC.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=CONVERT_DOC.split("\n\n", 1)[1])
+    p.add_argument("checkpoint", help=".pt/.pth/.ckpt (torch.save) or .safetensors file")
+    p.add_argument("--out", required=True, help="output directory (orbax checkpoint)")
+    p.add_argument("--config", help="model config (gaugeformer or reference JSON/YAML); default: "
+                   "model_config.json / experiment_config.json beside the checkpoint, else "
+                   "inferred from the weights")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--no-optimizer", action="store_true", help="do not convert the AdamW state")
+    p.add_argument("--validate", metavar="GOLDEN_NPZ",
+                   help="compare the converted model with a reference golden.npz")
+    p.add_argument("--validate-live", metavar="REPO_DIR",
+                   help="compare with the live PyTorch reference (needs torch and a checkout)")
+    p.add_argument("--x64", action="store_true",
+                   help="also evaluate the converted model in float64 for every validation (always "
+                   "done when golden64.npz lies beside the golden file or a strict check fails)")
+    p.add_argument("--json", metavar="OUT", help="write a JSON report")
+    return p
+
+
+def convert(argv: Sequence[str] | None = None) -> int:
+    a = convert_parser().parse_args(argv)
+    return convert_run(a.checkpoint, a.out, config=a.config, force=a.force, validate=a.validate,
+                       validate_live_repo=a.validate_live, json_out=a.json,
+                       include_optimizer=not a.no_optimizer, x64=a.x64)
+
+
+def _delegate(module: str, what: str, argv: Sequence[str] | None) -> int:
+    """Run ``module.main(argv)``; a module that is not there yet is said so in one line."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        print(f"gaugeformer: {what} is not available in this installation ({module} is missing); "
+              "update gaugeformer", file=sys.stderr)
+        return 2
+    if not callable(getattr(mod, "main", None)):
+        print(f"gaugeformer: {what} is not available in this installation ({module} has no "
+              "main(argv) yet); update gaugeformer", file=sys.stderr)
+        return 2
+    return int(mod.main(argv) or 0)
+
+
+def generate(argv: Sequence[str] | None = None) -> int:
+    """``gaugeformer-generate``: sample text from a checkpoint (:mod:`gaugeformer.generate`)."""
+    return _delegate("gaugeformer.generate", "text generation", argv)
+
+
+def sweep(argv: Sequence[str] | None = None) -> int:
+    """``gaugeformer-sweep``: a sweep of training runs (:mod:`gaugeformer.train.sweep`)."""
+    return _delegate("gaugeformer.train.sweep", "the training sweep", argv)
+
+
+def bench(argv: Sequence[str] | None = None) -> int:
+    """``gaugeformer-bench``: the performance benchmark (:mod:`gaugeformer.bench`)."""
+    return _delegate("gaugeformer.bench", "the benchmark", argv)
