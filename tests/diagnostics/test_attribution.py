@@ -73,7 +73,7 @@ jax.config.update("jax_enable_x64", True)
 from diagnostics import attribution as A
 from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.testing import tiny_config
-cfg = tiny_config(n_layers=2, max_seq_len=12, profile=sys.argv[1], mu_init_std=1.0)
+cfg = tiny_config(n_layers=int(sys.argv[2]), max_seq_len=12, profile=sys.argv[1], mu_init_std=1.0)
 model = GaugeTransformerLM(cfg, rngs=nnx.Rngs(0))
 nnx.update(model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), nnx.state(model)))
 assert model.embed.base_mu[...].dtype == jnp.float64
@@ -82,11 +82,15 @@ print(json.dumps(A.attribute(model, toks)))
 """
 
 
-@pytest.mark.parametrize("profile", ["clean", "reference"])
-def test_terms_sum_to_the_models_kl_in_float64(profile):
-    """2 layers (evolving Σ, FFN-updated beliefs at layer 1): Σ terms == hook_kl to float64 rounding, every
-    head.  In a subprocess: x64 must be on from the start (a jit cache shared with float32 tests breaks)."""
-    out = subprocess.run([sys.executable, "-c", _FLOAT64_SCRIPT, profile], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("profile, n_layers", [
+    ("reference", 1),  # Taylor-4 transport: the log|det E| branch
+    pytest.param("clean", 2, marks=pytest.mark.slow),  # layer 1: FFN-updated beliefs, evolved Σ
+])
+def test_terms_sum_to_the_models_kl_in_float64(profile, n_layers):
+    """Σ terms == hook_kl to float64 rounding, every head.  In a subprocess: x64 must be on from the start
+    (a jit cache shared with float32 tests breaks)."""
+    out = subprocess.run([sys.executable, "-c", _FLOAT64_SCRIPT, profile, str(n_layers)], cwd=ROOT,
+                         capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     attr = json.loads(out.stdout.strip().splitlines()[-1])
@@ -139,7 +143,11 @@ def test_tiny_kl_spread_against_large_kappa_is_kl_below_temperature():
         assert u["cause"] == "kl_below_temperature", hd
         # the logit std is the KL std over κ (no ALiBi)
         assert u["evidence"]["logit_std"] == pytest.approx(u["kl_std"] / 100.0, rel=1e-4)
-    # the same model at κ = 0.05: the heads sharpen, so the cause was the temperature
+
+
+@pytest.mark.slow
+def test_lowering_kappa_sharpens_the_kl_below_temperature_heads():
+    """The same model at κ = 0.05: the heads sharpen, so the cause was the temperature."""
     sharp = _set_mu_table(model_of(gauge_fixed_priors=False, use_positional_embedding=False,
                                    kappa_beta=0.05), 1.0)
     assert all(c == "not_uniform" for _, c in causes(A.attribute(sharp, tokens())))
@@ -170,11 +178,11 @@ def test_classify_thresholds():
 
 
 def test_json_contract():
-    attr = A.attribute(model_of(), tokens())
+    attr = A.attribute(model_of(use_positional_embedding=False), tokens())  # compiled by an earlier test
     json.dumps(attr)  # JSON-ready
     u = attr["layers"][0]["heads"][0]["uniformity"]
     assert set(u) >= {"cause", "belief_spread", "kl_std", "terms", "sources", "evidence"}
     assert set(u["terms"]) == {"trace", "mahalanobis", "logdet"}
     assert u["cause"] in A.CAUSES
     with pytest.raises(ValueError, match="tokens must be"):
-        A.attribute(model_of(), jnp.zeros((N,), jnp.int32))
+        A.attribute(model_of(use_positional_embedding=False), jnp.zeros((N,), jnp.int32))
