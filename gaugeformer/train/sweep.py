@@ -170,15 +170,23 @@ def measure(model, run_cfg: RunConfig, windows: int) -> dict[str, Any]:
     }
 
 
+def cached_row(job: Job) -> dict[str, Any] | None:
+    """The row of a finished run of ``job`` (same number of steps), or None."""
+    path = Path(job.workdir) / "sweep_row.json"
+    if not path.exists():
+        return None
+    row = json.loads(path.read_text(encoding="utf-8"))
+    return row if row.get("steps") == load_run_config(job.config, job.overrides).train.steps else None
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Train (or resume) one job and measure it; returns the row (also cached in the workdir)."""
     workdir = Path(job.workdir)
     cached = workdir / "sweep_row.json"
     run_cfg = load_run_config(job.config, job.overrides)
-    if cached.exists():
-        row = json.loads(cached.read_text(encoding="utf-8"))
-        if row.get("steps") == run_cfg.train.steps:
-            return row
+    row = cached_row(job)
+    if row is not None:
+        return row
     t0 = time.perf_counter()
     nan, summary = False, {}
     try:
@@ -276,7 +284,9 @@ def run_sweep(configs: Sequence[str], profiles: Sequence[str], overrides: Sequen
     for i, job in enumerate(jobs, 1):
         print(f"[sweep {i}/{len(jobs)}] {job.name} ({job.config}, profile {job.profile}"
               + ("" if job.kappa is None else f", κ={job.kappa:.6g}") + f") -> {job.workdir}", flush=True)
-        row = _run_isolated(job) if isolate else run_job(job)
+        row = cached_row(job)  # finished earlier: no process to start
+        if row is None:
+            row = _run_isolated(job) if isolate else run_job(job)
         rows.append(row)
         sweep_report.write_tables(rows, out, kappa_mode=bool(kappas))
         elapsed = time.perf_counter() - t0

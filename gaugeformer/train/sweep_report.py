@@ -157,7 +157,8 @@ def plot_ppl(rows: Sequence[dict], path: Path, kappa_mode: bool = False) -> Path
         bars = ax.bar(xs, ys, width, label=key, color=colors[k % len(colors)])
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
     ax.set_xticks(range(len(configs)), configs, rotation=20, ha="right")
-    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.set_ylabel("validation perplexity (log)")
     steps = sorted({r["steps"] for r in rows})
     ax.set_title(f"Validation PPL per configuration ({'/'.join(map(str, steps))} steps, same data and seed)")
     ax.legend(title="profile")
@@ -170,24 +171,27 @@ def plot_row_std(rows: Sequence[dict], path: Path, kappa_mode: bool = False) -> 
     keys = list(dict.fromkeys(_run_key(r, kappa_mode) for r in rows))
     labels = _labels(rows)
     xs = {lab: i for i, lab in enumerate(labels)}
-    fig = Figure(figsize=(6.0 * len(keys), 4.8), layout="constrained")
+    fig = Figure(figsize=(5.5 * len(keys) + 2.2, 4.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(keys), sharey=True))
     configs = list(dict.fromkeys(r["config"] for r in rows))
     markers = "osD^v<>pX*"
-    top = max([v for r in rows for v in r["row_std_by_l"].values()] + [SHARP_THRESHOLD]) * 1.15
+    colors = [f"C{i}" for i in range(10)]
+    top = max([v for r in rows for v in r["row_std_by_l"].values()] + [2 * SHARP_THRESHOLD]) * 1.3
+    handles = {}
     for ax, key in zip(axes, keys):
-        for c, config in enumerate(configs):
+        for c, config in enumerate(configs):  # one colour and marker per configuration in every panel
             r = next((r for r in rows if r["config"] == config and _run_key(r, kappa_mode) == key), None)
             if r is None:
                 continue
             items = sorted(r["row_std_by_l"].items(), key=lambda kv: xs[kv[0]])
-            ax.plot([xs[k] for k, _ in items], [v for _, v in items], marker=markers[c % len(markers)],
-                    label=config, lw=1.2, ms=6, alpha=0.85)
+            (line,) = ax.plot([xs[k] for k, _ in items], [v for _, v in items], marker=markers[c % len(markers)],
+                              color=colors[c % len(colors)], label=config, lw=1.2, ms=6, alpha=0.85)
+            handles[config] = line
         ax.axhline(MEDIUM_THRESHOLD, color="grey", ls="--", lw=0.8)
         ax.axhline(SHARP_THRESHOLD, color="grey", ls=":", lw=0.8)
-        ax.text(len(labels) - 0.5, MEDIUM_THRESHOLD, " UNIFORM ≤ 0.05", va="bottom", ha="right", fontsize=7,
+        ax.text(len(labels) - 0.55, MEDIUM_THRESHOLD, "UNIFORM ≤ 0.05", va="bottom", ha="right", fontsize=7,
                 color="grey")
-        ax.text(len(labels) - 0.5, SHARP_THRESHOLD, " SHARP > 0.10", va="bottom", ha="right", fontsize=7,
+        ax.text(len(labels) - 0.55, SHARP_THRESHOLD, "SHARP > 0.10", va="bottom", ha="right", fontsize=7,
                 color="grey")
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlim(-0.5, len(labels) - 0.5)
@@ -197,7 +201,8 @@ def plot_row_std(rows: Sequence[dict], path: Path, kappa_mode: bool = False) -> 
         ax.set_title(f"profile {key}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("row_std (valid keys), mean over heads of that ℓ (symlog)")
-    axes[-1].legend(fontsize=8, loc="upper left")
+    fig.legend([handles[c] for c in configs if c in handles], [c for c in configs if c in handles],
+               loc="outside right upper", fontsize=8, title="configuration")
     fig.suptitle("Attention sharpness per irrep, configuration and profile")
     fig.savefig(path, dpi=130)
     return path

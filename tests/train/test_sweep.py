@@ -14,6 +14,9 @@ from gaugeformer.train import sweep
 from gaugeformer.train.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
+# the module fixture trains two models (~100 s on the shared 2-core CPU, compiles included); the default 300 s
+# limit is too tight when the machine is oversubscribed
+pytestmark = pytest.mark.timeout(900)
 BASE = {
     "model": {"embed_dim": 4, "irreps": "1x0e+1x1e", "n_layers": 1, "kappa_beta": 1.0, "ffn": "mlp",
               "hidden_dim": 8},
