@@ -218,7 +218,7 @@ def plot_kappa(rows: Sequence[dict], path: Path) -> Path:
             pts = [(r["kappa"], r["row_std_by_l"][lab]) for r in rs if lab in r["row_std_by_l"] and not r["nan"]]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=f"{config}/{profile} {lab}")
-        pts = [(r["kappa"], r["kl_std_seed"]) for r in rs if r["kl_std_seed"] is not None]
+        pts = [(r["kappa"], r["kl_std_seed"]) for r in rs if r["kl_std_seed"]]  # > 0 on the log axis
         if pts:
             bx.plot(*zip(*pts), marker="s", label=f"{config}/{profile}")
         for r in rs:
@@ -231,7 +231,7 @@ def plot_kappa(rows: Sequence[dict], path: Path) -> Path:
     ax.set_title("Sharpness per irrep vs κ (red: NaN stop)")
     ax.legend(fontsize=7)
     bx.set_xscale("log")
-    bx.set_yscale("symlog", linthresh=1e-4)
+    bx.set_yscale("log")
     bx.set_xlabel("κ")
     bx.set_ylabel("KL std (seed tracker, last train step)")
     bx.set_title("KL spread vs κ")
