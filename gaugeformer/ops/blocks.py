@@ -114,3 +114,17 @@ def _generators(layout: HeadLayout, basis: str) -> np.ndarray:
 def generators(layout: HeadLayout, basis: str) -> np.ndarray:
     """Per-head generators ``(H, 3, D, D)`` float32, zero on padding."""
     return _generators(layout, basis).copy()
+
+
+def split_sigma(sigma: Float[Array, "*b K K"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
+    """Inverse of :func:`merge_sigma` on block-diagonal covariances (padding block = identity).
+
+    Used where a flat ``[..., K, K]`` covariance comes back from a hook and per-head blocks are needed
+    (``diagnostics.attribution``); off-block entries are dropped.
+    """
+    p = padding(layout)
+    k = layout.embed_dim
+    ext = jnp.zeros((*sigma.shape[:-2], k + 1, k + 1), sigma.dtype).at[..., :k, :k].set(sigma)
+    ext = ext.at[..., k, k].set(1.0)
+    out = ext[..., p.index[:, :, None], p.index[:, None, :]]
+    return impose(out, layout)

@@ -28,7 +28,8 @@ MINIMAL = {"model": {"embed_dim": 4, "irreps": "1x0e+1x1e", "n_layers": 1, "kapp
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
     assert {"tiny.yaml", "reference_A.yaml", "publication_D.yaml"} <= names
-    assert len([n for n in names if n.startswith("seed001_")]) == 3
+    # seed 001's three proposals and its negative / ablation cases (issue 14)
+    assert len([n for n in names if n.startswith("seed001_")]) == 6
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -54,7 +55,10 @@ def test_reference_configs_match_fixtures(name, fixture):
 def test_seed001_irreps():
     want = {"seed001_tensor_heads": ("2x0e+2x1e+4x2e", 28),
             "seed001_higher_rank": ("4x1e+3x2e+2x3e", 41),
-            "seed001_scaled": ("10x0e+10x1e+8x2e+4x3e", 108)}
+            "seed001_scaled": ("10x0e+10x1e+8x2e+4x3e", 108),
+            "seed001_single_high_l": ("1x9e", 19),
+            "seed001_low_spin": ("5x0e+3x1e", 14),
+            "seed001_pure_tensor": ("4x2e", 20)}
     for name, (irreps, k) in want.items():
         cfg = load_run_config(ROOT / "configs" / f"{name}.yaml")
         assert (cfg.model.irreps, cfg.model.embed_dim) == (irreps, k)
