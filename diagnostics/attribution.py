@@ -36,7 +36,7 @@ softmax):
 Cause (thresholds in :data:`THRESHOLDS`, derived below, not tuned):
 
 1. ``not_uniform``: the head's valid row_std exceeds 0.05, the boundary of the report's UNIFORM label
-   (:data:`diagnostics.metrics.MEDIUM_THRESHOLD`), so the attribution and the report agree on which heads
+   (:data:`gaugeformer.stats.MEDIUM_THRESHOLD`), so the attribution and the report agree on which heads
    are uniform.
 2. ``token_independent``: replacing every token of the input by one token moves no valid logit of this
    head by more than 1e-3 nats.  Softmax is 2-Lipschitz from logits to log-weights in the max norm, so every
@@ -61,15 +61,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from diagnostics.metrics import MEDIUM_THRESHOLD
 from gaugeformer.model.attention import transport_frames
 from gaugeformer.model.common import maybe_norm
 from gaugeformer.model.lm import GaugeTransformerLM, run_with_cache
 from gaugeformer.ops import blocks
 from gaugeformer.ops import kl_terms as klt
-from gaugeformer.ops.attention import causal_mask
+from gaugeformer.ops.masks import valid_keys
 from gaugeformer.ops.positional import compose
-from gaugeformer.train.metrics import row_std_legacy, row_std_valid, valid_key_mask
+from gaugeformer.stats import MEDIUM_THRESHOLD, model_valid_keys, row_std_legacy, row_std_valid
 
 CAUSES = ("token_independent", "kl_below_temperature", "not_uniform", "other")
 THRESHOLDS = {
@@ -152,7 +151,7 @@ def _without_earlier_ffn(model: GaugeTransformerLM, tokens, cache, mask) -> list
     n = tokens.shape[-1]
     mu, sigmas = cache["embed.hook_mu"], blocks.split_sigma(cache["embed.hook_sigma"], cfg.layout)
     phi = cache["hook_phi_composed"]
-    attn_mask = causal_mask(n, cfg.attention_pattern, cfg.attention_window)
+    attn_mask = valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
     for layer, block in enumerate(model.blocks[:-1]):
         mu_a, sig_a, _, _ = block.attn(maybe_norm(block.norm1, mu), sigmas, phi, attn_mask)
         mu = mu + mu_a if cfg.use_residual else mu_a
@@ -233,7 +232,7 @@ def _layer_numbers(cfg, cache, cache_same, layer: int, mask) -> dict[str, jax.Ar
 def _measure(model: GaugeTransformerLM, tokens, same):
     """All numbers of :func:`attribute` in one compiled program (eager per-op dispatch is ~10x slower)."""
     cfg = model.cfg
-    mask = valid_key_mask(cfg, tokens.shape[-1])
+    mask = model_valid_keys(cfg, tokens.shape[-1])
     _, cache = run_with_cache(model, tokens, train=False)
     _, cache_same = run_with_cache(model, same, train=False)
     layers = [_layer_numbers(cfg, cache, cache_same, layer, mask) for layer in range(cfg.n_layers)]

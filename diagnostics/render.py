@@ -34,6 +34,10 @@ def _render_heads(layer: LayerReport, modes: tuple[Mode, ...]) -> list[str]:
         shown = [f"row_std={values[modes[0]]:.4f} [{stats.marked(values[modes[0]])}]"]
         if len(modes) == 2:
             shown.append(f"valid={h.row_std_valid:.4f} [{stats.marked(h.row_std_valid)}]")
+        if h.uniformity is not None:
+            u = h.uniformity
+            shown.append(f"{u['cause']} (KL std {u['kl_std']:.2g}, token shift "
+                         f"{u['evidence']['token_logit_shift']:.2g})")
         lines.append(f"  Head {h.head:2d} ({h.label}): " + " | ".join(shown))
     return lines
 

@@ -28,7 +28,8 @@ Top level object::
                  "lines": [str], "notes": [str]}],     # all nine, in order; "ran": false
                                                        # means "not run" (inputs missing)
       "tests": [TEST, ...],                            # every test of the layer, in order
-      "heads": [{"head": int, "label": str, "row_std": float, "row_std_valid": float}],
+      "heads": [{"head": int, "label": str, "row_std": float, "row_std_valid": float,
+                 "uniformity": UNIFORMITY}],                # "uniformity" when attribution ran
       "summary": {MODE: SUMMARY},
       "conclusion": {MODE: CONCLUSION},
       "scenarios": {MODE: [SCENARIO]},                 # matching seed-000 scenarios (may be [])
@@ -45,8 +46,16 @@ the second mode's verdict of a ``both`` report (``null`` otherwise).
 
 ``CONCLUSION``: ``{"status": "ok" | "warning" | "critical", "headline": str, "hints": [str]}``.
 
-``SCENARIO``: ``{"number": 1 | 2 | 3, "title": str, "evidence": str, "interpretation": str,
-"action": str}``.
+``SCENARIO``: ``{"number": 1 | 2 | 3 | 4 | 5 | 6, "title": str, "evidence": str, "interpretation": str,
+"action": str}``. 1-3 are seed 000's scenarios; when the per-head attribution ran, scenario 3 (a guess
+from μ diversity and head dimensions) is replaced by what the attribution measured: 4 token-independent
+heads, 5 KL spread below the temperature, 6 uniform for another reason.
+
+``UNIFORMITY`` (:mod:`diagnostics.attribution`): ``{"cause": "token_independent" |
+"kl_below_temperature" | "not_uniform" | "other", "belief_spread": {...}, "kl_mean": float,
+"kl_std": float, "terms": {"trace" | "mahalanobis" | "logdet": {"mean", "row_std"}}, "sources":
+{"all", "token_frames", "positional_frames", "positional_mu", "without_earlier_ffn"}, "evidence":
+{...}}``.
 
 ``IRREP``: ``{"label": str, "kind": str, "dim": int, "heads": int, "row_std_min": float,
 "row_std_max": float, "row_std_mean": float, "status": "SHARP" | "MEDIUM" | "UNIFORM"}``.
@@ -146,7 +155,8 @@ def _layer(lay: LayerReport) -> dict:
         "tests": [_test(r) for p in lay.parts for r in p.results],
         "heads": [
             {"head": h.head, "label": h.label, "row_std": h.row_std,
-             "row_std_valid": h.row_std_valid}
+             "row_std_valid": h.row_std_valid,
+             **({} if h.uniformity is None else {"uniformity": h.uniformity})}
             for h in lay.heads
         ],
         "summary": {m: _summary(s) for m, s in lay.summaries.items()},
@@ -196,8 +206,8 @@ def report_from_dict(doc: Mapping) -> ValidationReport:
         layers.append(LayerReport(
             layer=lay["layer"],
             parts=parts,
-            heads=tuple(HeadRow(h["head"], h["label"], h["row_std"], h["row_std_valid"])
-                        for h in lay["heads"]),
+            heads=tuple(HeadRow(h["head"], h["label"], h["row_std"], h["row_std_valid"],
+                                h.get("uniformity")) for h in lay["heads"]),
             summaries={m: _summary_from(s) for m, s in lay["summary"].items()},
             conclusions={m: _conclusion_from(c) for m, c in lay["conclusion"].items()},
             scenarios={m: tuple(Scenario(**s) for s in sc) for m, sc in lay["scenarios"].items()},

@@ -49,6 +49,7 @@ from gaugeformer.loading import load, random_model
 from gaugeformer.stats import model_valid_keys
 from gaugeformer.train.loop import enable_compilation_cache
 
+from diagnostics import attribution as attr_lib
 from diagnostics import capture as C
 from diagnostics import report as report_io
 from diagnostics.ablation import LOCAL_WINDOW, Ablation, ablation_study
@@ -214,6 +215,7 @@ def run_report(
     gradflow: bool = True,
     ablation: bool = True,
     ablate_ffn_beta: bool = False,
+    attribution: bool = True,
     kappas: Sequence[float] | None = None,
     kappa_mode: str = "attention",
     json_path: str | Path | None = None,
@@ -236,6 +238,8 @@ def run_report(
         gradflow: run the gradient-flow part (two gradients in one compile).
         ablation: run the ablation part.
         ablate_ffn_beta: the ablation also replaces the VFE FFN's own β.
+        attribution: attribute each head's uniformity (:mod:`diagnostics.attribution`; full
+            covariances only): per-head ``uniformity`` records and measured-cause scenarios.
         kappas: κ values of the sweep (default: 0.3, 0.5, 1, 2, 5 and the model's κ; empty: no
             sweep).
         kappa_mode: ``"attention"`` (captured KL re-softmaxed, beliefs fixed) or ``"model"``
@@ -281,6 +285,8 @@ def run_report(
     ab = (ablation_study(model, inputs.tokens, learned_logits=bel.logits, learned_beta=bel.beta,
                          override_ffn_beta=ablate_ffn_beta) if ablation else None)
 
+    attr = (attr_lib.attribute(model, inputs.tokens)
+            if attribution and not cfg.diagonal_covariance else None)
     sweep, kappa_check = None, None
     kap = (sorted(set(DEFAULT_KAPPAS) | {round(float(cfg.kappa_beta), 6)}) if kappas is None
            else [float(k) for k in kappas])
@@ -308,7 +314,7 @@ def run_report(
         param_counts=None if gf is None else gf.counts(),
         ablation=None if ab is None else ab.losses,
         meta=_json_meta(base_meta, gf, ab, sweep, kappa_mode, kappa_check, idx),
-        layer_numbers=idx, part_notes=part_notes)
+        layer_numbers=idx, part_notes=part_notes, attribution=attr)
 
     # ... and rendered once per format
     text_out = [header(desc, cfg, inputs, idx, metrics), "", render_report(report, cfg.n_layers)]
@@ -327,7 +333,8 @@ def run_report(
     if json_path is not None:
         files.append(report_io.write_json(report, json_path))
     if markdown_path is not None:
-        sections = [gradflow_markdown(gf) if gf is not None else "",
+        sections = [attribution_markdown(attr) if attr is not None else "",
+                    gradflow_markdown(gf) if gf is not None else "",
                     ablation_markdown(ab, cfg.n_layers) if ab is not None else "",
                     kappa_markdown(sweep, kappa_mode, idx) if sweep is not None else ""]
         files.append(report_io.write_markdown(report, markdown_path,
@@ -341,6 +348,12 @@ def run_report(
         echo(console)
     return RunResult(report, console, inputs, bel, met, idx, gf, ab, sweep, kappa_check, files,
                      cfg, desc)
+
+
+def attribution_markdown(attr: Mapping[str, Any]) -> str:
+    """The per-head attribution as a markdown section (table and scenarios)."""
+    return "\n".join(["## Why is a head uniform? (per-head attribution)", "",
+                      attr_lib.render_table(attr), "", "```", attr_lib.format_scenarios(attr), "```"])
 
 
 def _plots(out: Path, report: ValidationReport, sweep: KappaSweep | None,
@@ -403,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model: re-run the whole model per κ")
     p.add_argument("--no-ablation", action="store_true", help="skip part 9")
     p.add_argument("--no-gradflow", action="store_true", help="skip part 8")
+    p.add_argument("--no-attribution", action="store_true",
+                   help="skip the per-head uniformity attribution (why is a head uniform?)")
     p.add_argument("--ablate-ffn-beta", action="store_true",
                    help="the ablation also replaces the VFE FFN's own β (head-mean of the "
                    "override)")
@@ -429,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> RunResult:
             batch=args.batch, seed=args.seed, tokenizer=args.tokenizer,
             special_ids=args.special_ids, layers=args.layers, metrics=args.metrics,
             gradflow=not args.no_gradflow, ablation=not args.no_ablation,
+            attribution=not args.no_attribution,
             ablate_ffn_beta=args.ablate_ffn_beta, kappas=args.kappas, kappa_mode=args.kappa_mode,
             json_path=args.json, markdown_path=args.markdown,
             plot_dir=None if args.no_plots else args.plot_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from gaugeformer import stats
 
@@ -111,6 +111,7 @@ class HeadRow:
     label: str
     row_std: float  # legacy
     row_std_valid: float
+    uniformity: Mapping[str, Any] | None = None  # diagnostics.attribution's record (None: not run)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from diagnostics.attribution import scenarios
 from diagnostics.irreps import _ell
 from diagnostics.schema import CheckResult, Conclusion, Scenario, Summary
 
@@ -58,7 +60,7 @@ def _merge_summaries(summaries: Sequence[tuple[int, Summary]]) -> Summary:
 
 def match_scenarios(
     row_std: float, query_var: float, mu_div: float | None, labels: Sequence[str],
-    ppl: float | None = None,
+    ppl: float | None = None, attribution: Mapping[str, Any] | None = None,
 ) -> tuple[Scenario, ...]:
     """Seed 000's interpretation scenarios that match a layer's numbers.
 
@@ -68,6 +70,9 @@ def match_scenarios(
         mu_div: belief diversity (None if unknown).
         labels: head labels; "low-ℓ heads dominate" means more than half are ℓ0/ℓ1.
         ppl: learned-attention perplexity if known; the "model works" scenarios require < 1000.
+        attribution: this layer's entry of :func:`diagnostics.attribution.attribute`.  When given,
+            scenario 3 (diverse beliefs, low-ℓ heads "cannot" sharpen: a guess from μ_dist and head
+            dimensions) is replaced by scenarios 4-6, one per measured cause among the uniform heads.
     """
     good = ppl is None or ppl < 1000
     ppl_note = "" if ppl is None else f", PPL={ppl:.1f}"
@@ -88,6 +93,8 @@ def match_scenarios(
             f"row_std={row_std:.4f} < 0.03, query variation={query_var:.4f} < 0.02{ppl_note}",
             "Attention is plain uniform mixing; the FFN / belief propagation does the work.",
             "Run the ablation (uniform override) and compare the loss."))
+    if attribution is not None:
+        return tuple(out) + _measured_scenarios(attribution)
     if mu_div is not None and mu_div > 0.4 and row_std < 0.03 and low_dominant:
         out.append(Scenario(
             3, "Architectural limitation",
@@ -96,4 +103,22 @@ def match_scenarios(
             "Beliefs are diverse but low-dimensional irrep heads cannot turn that into sharp "
             "attention.",
             "Give a larger share of the embedding to tensor heads (ℓ2, ℓ3, ...)."))
+    return tuple(out)
+
+
+_CAUSE_NUMBER = {"token_independent": 4, "kl_below_temperature": 5, "other": 6}
+
+
+def _measured_scenarios(layer_entry: Mapping[str, Any]) -> tuple[Scenario, ...]:
+    """Scenarios 4-6 from the attribution's causes (:func:`diagnostics.attribution.scenarios`)."""
+    out = []
+    for sc in scenarios(layer_entry):
+        heads = [hd for hd in layer_entry["heads"] if hd["head"] in sc["heads"]]
+        shift = max(hd["uniformity"]["evidence"]["token_logit_shift"] for hd in heads)
+        logit_std = max(hd["uniformity"]["evidence"]["logit_std"] for hd in heads)
+        names = ", ".join(f"h{h} {lab}" for h, lab in zip(sc["heads"], sc["labels"]))
+        evidence = (f"{names}: token shift ≤ {shift:.2g} nats, within-row logit std ≤ "
+                    f"{logit_std:.2g}")
+        out.append(Scenario(_CAUSE_NUMBER[sc["cause"]], sc["title"], evidence, sc["explanation"],
+                            sc["suggestion"]))
     return tuple(out)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -479,6 +480,7 @@ def validate(
     meta: Mapping[str, object] | None = None,
     layer_numbers: Sequence[int] | None = None,
     part_notes: Mapping[int, Sequence[Sequence[str]]] | None = None,
+    attribution: Mapping[str, Any] | None = None,
 ) -> ValidationReport:
     """Build the 9-part report for every layer from host-side :func:`all_metrics` results.
 
@@ -508,6 +510,9 @@ def validate(
             the metrics hold a subset of the layers.
         part_notes: ``{part: [notes of layer k, ...]}``: lines the model side adds under a part
             (gradient-flow and ablation details), so the report is complete when built.
+        attribution: :func:`diagnostics.attribution.attribute` of the same input: each head's
+            ``uniformity`` record, and scenarios from the measured causes instead of seed 000's
+            scenario 3 guess.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
@@ -542,7 +547,9 @@ def validate(
                       if p.part in extra else p for p in parts)
         rs_l = ctx.at_b0("row_std_legacy")
         rs_v = ctx.at_b0("row_std_valid")
-        heads = tuple(HeadRow(h, labels[h], float(rs_l[h]), float(rs_v[h]))
+        attr = _attribution_layer(attribution, numbers[layer])
+        heads = tuple(HeadRow(h, labels[h], float(rs_l[h]), float(rs_v[h]),
+                              None if attr is None else attr["heads"][h]["uniformity"])
                       for h in range(n_heads))
         summaries, conclusions, scenarios, irreps = {}, {}, {}, {}
         learned = abls[layer].get("learned") if abls[layer] else None
@@ -554,7 +561,8 @@ def validate(
             rs = ctx.at_b0(f"row_std_{md}")
             qv = float(np.mean(ctx.get(f"query_var_{md}")[batch_index]))
             scenarios[md] = match_scenarios(float(np.mean(rs)), qv,
-                                            None if mu is None else float(mu), labels, ppl)
+                                            None if mu is None else float(mu), labels, ppl,
+                                            attribution=attr)
             irreps[md] = irrep_summary(rs, labels, dims)
         layers.append(LayerReport(numbers[layer], parts, heads, summaries, conclusions, scenarios,
                                   irreps))
@@ -570,6 +578,16 @@ def validate(
         batch_index=batch_index,
         meta=dict(meta or {}),
     )
+
+
+def _attribution_layer(attribution: Mapping[str, Any] | None, number: int) -> Mapping | None:
+    """The :func:`diagnostics.attribution.attribute` entry of layer ``number`` (None: not run)."""
+    if attribution is None:
+        return None
+    for entry in attribution["layers"]:
+        if entry["layer"] == number:
+            return entry
+    raise ValueError(f"the attribution has no layer {number}")
 
 
 def run_validation(

@@ -2,7 +2,7 @@
 ``-bench`` (the attention tools are in :mod:`diagnostics.cli`).  ``scripts/*.py`` wrap these.
 
 Each is an argparse parser and one call.  ``generate``, ``sweep`` and ``bench`` run modules other
-work adds (``gaugeformer.generate``, ``gaugeformer.train.sweep``, ``gaugeformer.bench``); they are
+work adds (``gaugeformer.generate``, ``diagnostics.sweep``, ``gaugeformer.bench``); they are
 imported when the command runs, and a missing one is reported as such.
 """
 
@@ -140,8 +140,8 @@ def generate(argv: Sequence[str] | None = None) -> int:
 
 
 def sweep(argv: Sequence[str] | None = None) -> int:
-    """``gaugeformer-sweep``: a sweep of training runs (:mod:`gaugeformer.train.sweep`)."""
-    return _delegate("gaugeformer.train.sweep", "the training sweep", argv)
+    """``gaugeformer-sweep``: a sweep of training runs (:mod:`diagnostics.sweep`)."""
+    return _delegate("diagnostics.sweep", "the training sweep", argv)
 
 
 def bench(argv: Sequence[str] | None = None) -> int:

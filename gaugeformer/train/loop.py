@@ -211,6 +211,11 @@ class Figures(Protocol):
 
     def attention(self, snapshot: AttentionSnapshot) -> None: ...
 
+    def uniformity(self, model: Any, tokens: jax.Array, out_dir: Path) -> dict[str, float]:
+        """Per-head uniformity attribution of the fixed sequence (written under ``out_dir``);
+        returns scalar ``fixed/...`` entries for ``metrics.jsonl``."""
+        ...
+
 
 # ----------------------------------------------------------------------------------------------
 # Logging
@@ -670,6 +675,8 @@ class Trainer:
                            f"#{self.cfg.data.fixed_sequence}\n{table}")
         if self.cfg.log.attention_figures and self.figures is not None:
             self._figures(step, beta, kl, table)
+            if not cfg.diagonal_covariance:
+                out.update(self.figures.uniformity(self.model, tokens, self.figure_dirs[-1]))
         return out
 
     def _figures(self, step: int, beta: np.ndarray, kl: np.ndarray, table: str) -> None:

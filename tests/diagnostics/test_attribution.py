@@ -186,3 +186,28 @@ def test_json_contract():
     assert u["cause"] in A.CAUSES
     with pytest.raises(ValueError, match="tokens must be"):
         A.attribute(model_of(use_positional_embedding=False), jnp.zeros((N,), jnp.int32))
+
+
+def test_report_carries_uniformity_and_measured_scenarios(tmp_path):
+    """The validation report embeds each head's record and states measured causes (scenarios 4-6)
+    instead of seed 000's scenario 3 guess; the JSON round-trips."""
+    from diagnostics import report as report_io
+    from diagnostics.run import run_report
+    from diagnostics.summary import match_scenarios
+
+    model = model_of(use_positional_embedding=False)
+    res = run_report(model=model, tokens=np.asarray(tokens()), gradflow=False, ablation=False,
+                     kappas=[], json_path=tmp_path / "r.json", markdown_path=tmp_path / "r.md",
+                     echo=None)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    heads = doc["layers"][0]["heads"]
+    assert [h["uniformity"]["cause"] for h in heads if h["label"] == "ℓ0"] == ["token_independent"] * 3
+    numbers = {s["number"] for sc in doc["layers"][0]["scenarios"].values() for s in sc}
+    assert 4 in numbers and 3 not in numbers
+    assert "Token-independent heads" in res.console and "token_independent (KL std" in res.console
+    assert "Why is a head uniform?" in (tmp_path / "r.md").read_text()
+    back = report_io.report_to_dict(report_io.report_from_dict(doc))
+    assert back["layers"][0]["heads"] == heads
+    # the same layer numbers without the attribution would have guessed scenario 3
+    guessed = match_scenarios(0.0, 0.0, 0.5, ["ℓ0", "ℓ0", "ℓ0", "ℓ1", "ℓ2"])
+    assert [s.number for s in guessed] == [3]

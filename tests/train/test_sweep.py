@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gaugeformer.train import sweep
+from diagnostics import sweep
 from gaugeformer.train.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

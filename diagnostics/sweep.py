@@ -25,6 +25,7 @@ pairs, last training step), attention label, PPL, stability (max gradient norm, 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -41,11 +42,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from diagnostics import attribution as attr_lib
-from diagnostics.metrics import row_std_label
-from gaugeformer.train.checkpoint import load_model
+from gaugeformer.loading import load
+from gaugeformer.stats import status as row_std_label
 from gaugeformer.train.config import ConfigError, RunConfig, load_run_config
 from gaugeformer.train.loop import enable_compilation_cache, load_data, train_and_evaluate
+
+from diagnostics import attribution as attr_lib
 
 SEED001_KAPPA = 0.43
 SEED001_KAPPAS = ((0.43, "seed original"), (0.00043, "seed 1000x lower"), (0.0086, "seed 50x lower"))
@@ -198,7 +200,7 @@ def run_job(job: Job) -> dict[str, Any]:
     train = [r for r in records if r.get("split") == "train" and "nonfinite" not in r]
     evals = [r for r in records if r.get("split") == "eval" and "eval/ce" in r]
     grad = [r["grad_norm/total"] for r in records if r.get("split") == "train" and "grad_norm/total" in r]
-    model, _ = load_model(workdir)
+    model = load(workdir).model
     params = int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     row: dict[str, Any] = {
         "config": Path(job.config).stem, "profile": job.profile,
@@ -274,7 +276,7 @@ def run_sweep(configs: Sequence[str], profiles: Sequence[str], overrides: Sequen
     Returns:
       The rows (also in ``out/sweep.json``), in plan order.
     """
-    from gaugeformer.train import sweep_report  # matplotlib only when writing
+    from diagnostics import sweep_report  # matplotlib only when writing
 
     jobs = plan(configs, profiles, overrides, out, kappas=kappas, windows=windows)
     out = Path(out)
@@ -299,3 +301,25 @@ def run_sweep(configs: Sequence[str], profiles: Sequence[str], overrides: Sequen
             print(f"[sweep] figure {path}", flush=True)
     print(f"[sweep] {len(rows)} runs -> {out / 'sweep.json'}, sweep.csv, sweep.md", file=sys.stderr, flush=True)
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gaugeformer-sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", required=True, help="run YAML files")
+    parser.add_argument("--profiles", nargs="+", default=["reference", "clean"], choices=["reference", "clean"])
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override applied to every run (repeatable)")
+    parser.add_argument("--out", required=True, help="sweep directory (rerun to resume)")
+    parser.add_argument("--kappas", nargs="+", default=None, metavar="K",
+                        help="κ mode: numbers and/or 'seed001' (the seed's κ values scaled to each config)")
+    parser.add_argument("--windows", type=int, default=4, help="validation windows measured per run")
+    parser.add_argument("--in-process", action="store_true",
+                        help="train every run in this process (faster start; peak RSS is then cumulative)")
+    parser.add_argument("--no-figures", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        run_sweep(args.configs, args.profiles, args.overrides, args.out, kappas=args.kappas,
+                  windows=args.windows, isolate=not args.in_process, figures=not args.no_figures)
+    except ConfigError as err:
+        parser.error(str(err))
+    return 0

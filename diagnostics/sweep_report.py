@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from diagnostics.metrics import MEDIUM_THRESHOLD, SHARP_THRESHOLD
+from gaugeformer.stats import MEDIUM_THRESHOLD, SHARP_THRESHOLD
 
 _SCALAR_KEYS = ("config", "profile", "kappa", "kappa_label", "irreps", "n_heads", "params", "steps", "val_ppl",
                 "val_ce", "kl_mean_seed", "kl_std_seed", "max_grad_norm", "nan", "attention_label",
