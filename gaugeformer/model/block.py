@@ -24,7 +24,7 @@ class GaugeBlock(nnx.Module):
         """One block.  ``force_residual`` is the reference training forward's last block (§0.5)."""
         cfg = self.cfg
         residual = cfg.use_residual or force_residual
-        mu_a, sig_a, beta, kl = self.attn(
+        mu_a, sig_a, stats = self.attn(
             maybe_norm(self.norm1, mu), sigmas, phi, mask, beta_override, sow
         )
         mu = mu + mu_a if residual else mu_a
@@ -42,4 +42,4 @@ class GaugeBlock(nnx.Module):
         if sigmas.ndim == 5:
             hook(self, "hook_sigma_out", blocks.merge_sigma(sigmas, cfg.layout), sow)
         hook(self, "hook_phi_out", phi, sow)
-        return mu, sigmas, phi, beta, kl
+        return mu, sigmas, phi, stats

@@ -33,3 +33,11 @@ class LayerNorm(nnx.Module):
 
 def maybe_norm(module, x):
     return x if module is None else module(x)
+
+
+def records(module: nnx.Module, names, sow) -> bool:
+    """True when one of the hooks ``names`` of ``module`` would record a value: ``sow`` wants it and the call
+    runs inside ``nnx.capture`` (outside it a hook is a no-op).  Modules build their full ``[B,H,N,N]``
+    tensors only then; otherwise they run tiled."""
+    captures = getattr(module, "__captures__", ())
+    return any(type(v) is nnx.Intermediate for v in captures) and any(sow.wants(n) for n in names)

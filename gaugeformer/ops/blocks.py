@@ -87,6 +87,14 @@ def merge_sigma(x: Float[Array, "*b H D D"], layout: HeadLayout) -> Float[Array,
     return out.at[..., rows, cols].set(x[..., hs, r, c])
 
 
+def split_sigma(x: Float[Array, "*b K K"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
+    """Inverse of :func:`merge_sigma` on block-diagonal covariances (padding blocks hold the identity)."""
+    p = padding(layout)
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, 1), (0, 1)]
+    ext = jnp.pad(x, pad)
+    return impose(ext[..., p.index[:, :, None], p.index[:, None, :]], layout)
+
+
 def impose(sigma: Float[Array, "*b H D D"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
     """Reset the padding block of covariances to the identity (real blocks untouched)."""
     p = padding(layout)
