@@ -212,8 +212,8 @@ def attention_logits(
     if alibi_slope:
         if rel is None:
             n, m = mask.shape
-            rel = (np.arange(n)[:, None] - np.arange(m)[None, :]).astype(np.float32)
-        logits = logits + alibi_slope * rel
+            rel = np.arange(n)[:, None] - np.arange(m)[None, :]
+        logits = logits + alibi_slope * jnp.asarray(rel, logits.dtype)
     return jnp.where(jnp.asarray(mask), logits, -jnp.inf)
 
 

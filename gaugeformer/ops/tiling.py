@@ -60,8 +60,9 @@ class TilePlan:
         return self.blocks * self.tile
 
     def mask(self, i, j):
-        """Allowed pairs for traced index arrays (padding keys ``j >= n`` are never allowed)."""
-        return allowed(i, j, self.n, self.pattern, self.window, self.mask_self) & (j < self.n)
+        """Allowed pairs for index arrays (numpy or traced).  Padding keys ``j >= n`` are never allowed; a
+        padding query ``i >= n`` sees key 0, so its (discarded) row is never empty and its softmax finite."""
+        return _mask(i, j, self.n, self.pattern, self.window, self.mask_self)
 
     def skipped_keys(self) -> np.ndarray:
         """``[padded]`` per query row: how many real keys lie in tiles that are not visited."""
@@ -69,6 +70,10 @@ class TilePlan:
         real = np.clip(self.n - np.arange(self.blocks) * t, 0, t)  # real keys per key block
         per_block = (~self.visit) @ real
         return np.repeat(per_block, t)
+
+
+def _mask(i, j, n, pattern, window, mask_self):
+    return (allowed(i, j, n, pattern, window, mask_self) & (j < n)) | ((i >= n) & (j == 0))
 
 
 @functools.cache
@@ -80,7 +85,7 @@ def make_plan(n: int, tile: int | None, pattern: MaskPattern = "full", window: i
     t = n if tile is None or tile >= n else int(tile)
     blocks = math.ceil(n / t)
     idx = np.arange(blocks * t)
-    ok = allowed(idx[:, None], idx[None, :], n, pattern, window, mask_self) & (idx[None, :] < n)
+    ok = _mask(idx[:, None], idx[None, :], n, pattern, window, mask_self)
     live = ok.reshape(blocks, t, blocks, t).any(axis=(1, 3))
     visit = live if skip else np.ones_like(live)
     return TilePlan(n, t, blocks, pattern, window, mask_self, live, visit)
