@@ -1,10 +1,12 @@
 """GaugeAttention: per-head KL attention between transported beliefs (no learned parameters)."""
 
+import functools
+
 import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import head_generators, records
+from gaugeformer.model.common import head_generators, records, remat_if_tiled
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import attention as att
 from gaugeformer.ops import blocks
@@ -45,12 +47,13 @@ class GaugeAttention(nnx.Module):
         sig_in = sigmas if cfg.evolve_sigma else None
         full = beta_override is not None or cfg.kl_impl == "direct" or records(self, PAIR_HOOKS, sow)
         if not full:
-            mean, cov, stats = attention_tiled(
-                mus, sigmas, e, f, lad, kappa=cfg.kappa_beta, alibi_slope=cfg.alibi_slope,
+            tiled = functools.partial(
+                attention_tiled, kappa=cfg.kappa_beta, alibi_slope=cfg.alibi_slope,
                 floor=cfg.attention_floor, eps=cfg.kl_eps, eps_log=cfg.eps_log, evolve_sigma=cfg.evolve_sigma,
                 tile=cfg.attention_tile, pattern=cfg.attention_pattern, window=cfg.attention_window,
                 mask_self=cfg.mask_self_attention,
             )
+            mean, cov, stats = remat_if_tiled(tiled, mu.shape[1], cfg.attention_tile)(mus, sigmas, e, f, lad)
         else:
             if diag:
                 kl, mu_t, var_t = att.kl_diagonal(mus, sigmas, e, f, cfg.kl_eps)

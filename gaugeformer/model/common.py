@@ -1,5 +1,6 @@
 """Small shared pieces of the modules: the non-trainable buffer type, torch-style LayerNorm, generators."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -41,3 +42,10 @@ def records(module: nnx.Module, names, sow) -> bool:
     tensors only then; otherwise they run tiled."""
     captures = getattr(module, "__captures__", ())
     return any(type(v) is nnx.Intermediate for v in captures) and any(sow.wants(n) for n in names)
+
+
+def remat_if_tiled(fn, n: int, tile: int | None):
+    """``jax.checkpoint(fn)`` when the sequence spans several tiles: the backward then keeps only the
+    sublayer's inputs and recomputes its per-token work (whose ``[B,N,H,D,D,D]`` broadcast-and-sum residuals
+    otherwise dominate memory at long N).  With one tile the residuals are kept (no recompute)."""
+    return fn if tile is None or n <= tile else jax.checkpoint(fn)

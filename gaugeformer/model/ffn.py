@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import Buffer, head_generators, records
+from gaugeformer.model.common import Buffer, head_generators, records, remat_if_tiled
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import blocks, vfe
 from gaugeformer.ops.precision import matmul
@@ -61,10 +61,15 @@ class VariationalFFN(nnx.Module):
             if records(self, names, sow):  # full [B,N,N] matrices, hooked in dataflow order
                 kl = hook(self, names[1], vfe.ffn_kl(mus, sig, rots, hp, valid), sow)
                 beta = hook(self, names[0], vfe.ffn_beta(kl, mask, hp) if beta is None else beta, sow)
-            mus, sig_new, _, _ = vfe.vfe_iteration(
-                mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid, beta,
-                plan=None if beta is not None else plan,
-            )
+            if beta is None:  # tiled
+                def step(m, s, r, m_p, s_p, lr):
+                    return vfe.vfe_iteration(m, s, r, m_p, s_p, mask, lr, hp, valid, plan=plan)[:2]
+
+                step = remat_if_tiled(step, mu.shape[1], cfg.attention_tile)
+                mus, sig_new = step(mus, sig, rots, mu_p, sig_p, self.lr[...])
+            else:
+                mus, sig_new, _, _ = vfe.vfe_iteration(mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid,
+                                                       beta)
             if hp.update_sigma:
                 sig = blocks.impose(sig_new, layout)
         if cfg.evolve_phi and (train or cfg.phi_step == "always"):

@@ -76,7 +76,8 @@ def split_variances(var: Float[Array, "*b K"], layout: HeadLayout) -> Float[Arra
 @functools.cache
 def _scatter_tables(layout: HeadLayout):
     p = padding(layout)
-    hs, r, c = np.nonzero(p.valid[:, :, None] & p.valid[:, None, :])
+    # int32 like every other index table: a cached int64 table indexes differently with and without x64
+    hs, r, c = (x.astype(np.int32) for x in np.nonzero(p.valid[:, :, None] & p.valid[:, None, :]))
     return hs, r, c, p.index[hs, r], p.index[hs, c]
 
 

@@ -9,7 +9,7 @@ normalisation, to masked keys too), and β-weighted sums of per-key values are r
   autodiff, so the derivative is the softmax's);
 * pass 2: ``β = exp(logit - lse)``, the floor, and the caller's reduction of each tile.
 
-With one key block the logits are computed once.  Tiles that the mask removes entirely are skipped (a
+With one key block the logits are computed once (and, the tile being the whole matrix, not rematerialised).  Tiles that the mask removes entirely are skipped (a
 ``lax.cond``, so the backward skips them too) when ``skip`` is set — valid when a masked key contributes
 nothing (no floor) or when the caller adds the masked keys' floor contribution itself.  Each query block is
 one ``jax.checkpoint``: the backward recomputes its tiles, so the activations kept are per-token, never
@@ -194,4 +194,6 @@ def softmax_reduce(
         acc, _ = jax.lax.scan(acc_step, acc0, jnp.arange(nb))
         return acc
 
+    if nb == 1:  # one tile: the pairwise tensors are the whole matrix anyway; keep residuals, no recompute
+        return jax.tree.map(lambda x: x[None], one_block(0))
     return jax.lax.map(jax.checkpoint(one_block), jnp.arange(nb))

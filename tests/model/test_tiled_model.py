@@ -40,7 +40,7 @@ def loss_and_grads(model, tokens, targets, full: bool):
     return nnx.jit(lambda m: nnx.value_and_grad(loss, has_aux=True)(m))(model)
 
 
-@pytest.mark.parametrize("profile,extra", [("reference", {}),
+@pytest.mark.parametrize("profile,extra", [pytest.param("reference", {}, marks=pytest.mark.slow),
                                            ("clean", dict(attention_pattern="strided", attention_window=6,
                                                           alibi_slope=-0.1, mask_self_attention=True))])
 def test_tiled_loss_metrics_and_gradients_equal_full_path(profile, extra):
