@@ -130,7 +130,7 @@ def growth_table(rows: list[dict]) -> str:
         for qty in (key, "peak_rss_mb"):
             y = [r[qty] for r in ok]
             out.append(f"| {mode} | {qty} | {n[0]}–{n[-1]} | {growth_exponent(n, y):.2f} |")
-            for a in range(len(n) - 1):
+            for a in range(len(n) - 1 if len(n) > 2 else 0):
                 out.append(f"| {mode} | {qty} | {n[a]}–{n[a + 1]} | {growth_exponent(n[a:a + 2], y[a:a + 2]):.2f} |")
     return "\n".join(out) + "\n"
 
