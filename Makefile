@@ -27,7 +27,9 @@ test-slow: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --seq-len 128
+	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --seq-len 128 --markdown bench_A.md
+	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --vocab 256 \
+		--sweep 128 256 512 1024 2048 4096 8192 --train-max 2048 --markdown bench_sweep.md
 
 clean:
 	rm -rf $(VENV) .jax_cache

@@ -153,7 +153,7 @@ def _without_earlier_ffn(model: GaugeTransformerLM, tokens, cache, mask) -> list
     phi = cache["hook_phi_composed"]
     attn_mask = valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
     for layer, block in enumerate(model.blocks[:-1]):
-        mu_a, sig_a, _, _ = block.attn(maybe_norm(block.norm1, mu), sigmas, phi, attn_mask)
+        mu_a, sig_a, _ = block.attn(maybe_norm(block.norm1, mu), sigmas, phi, attn_mask)
         mu = mu + mu_a if cfg.use_residual else mu_a
         if cfg.evolve_sigma and sig_a is not None:
             sigmas = sig_a

@@ -1,8 +1,9 @@
-"""Benchmarks: compile time, forward / train-step throughput, diagnostics time, peak memory, N-sweeps.
+"""Benchmarks: compile time, forward / train-step throughput, peak memory, N-sweeps with growth exponents.
 
-Each measurement point runs in a fresh subprocess so peak RSS (``ru_maxrss``) belongs to that point alone;
-times are medians of repeated runs after warm-up, with ``block_until_ready``.  Results are JSON rows and a
-markdown table (``scripts/bench.py``).
+Each measurement point runs in a fresh subprocess so peak RSS (``ru_maxrss``) belongs to that point alone
+(a sweep measures the forward and the train step in separate points, so each has its own peak); times are
+medians of repeated runs after warm-up, with ``block_until_ready``.  Results are JSON rows and a markdown
+table (``scripts/bench.py``).  The library's benchmark measures the library only (no diagnostics).
 """
 
 import dataclasses
@@ -24,8 +25,9 @@ class Point:
     seq_len: int
     vocab: int | None = None
     repeats: int = 5
-    diagnostics: bool = True
+    forward: bool = True
     train: bool = True
+    tile: int | None = -1  # attention_tile; -1 keeps the config's
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -55,26 +57,29 @@ def measure(point: Point) -> dict:
     if point.vocab:
         overrides.append(f"data.vocab_size={point.vocab}")
     cfg = load_run_config(point.config, overrides).model
+    if point.tile != -1:
+        cfg = cfg.replace(attention_tile=point.tile)
     b, n, v, k = point.batch, point.seq_len, cfg.vocab_size, cfg.embed_dim
     tokens = jax.random.randint(jax.random.key(0), (b, n), 0, v)
     targets = jnp.roll(tokens, -1, axis=1)
     model = GaugeTransformerLM(cfg, rngs=nnx.Rngs(0))
     row = dict(config=point.config, batch=b, seq_len=n, vocab=v, embed_dim=k, heads=cfg.n_heads,
-               layers=cfg.n_layers, device=jax.devices()[0].device_kind, backend=jax.default_backend())
+               layers=cfg.n_layers, tile=cfg.attention_tile, mode=_mode(point),
+               device=jax.devices()[0].device_kind, backend=jax.default_backend())
 
-    fwd = nnx.jit(lambda m, t: m(t))
-    t0 = time.perf_counter()
-    jax.block_until_ready(fwd(model, tokens))
-    row["compile_forward_s"] = time.perf_counter() - t0
-    row["forward_s"] = _median_time(lambda: fwd(model, tokens), point.repeats)
-    row["forward_tok_s"] = b * n / row["forward_s"]
+    if point.forward:
+        fwd = nnx.jit(lambda m, t: m(t))
+        t0 = time.perf_counter()
+        jax.block_until_ready(fwd(model, tokens))
+        row["compile_forward_s"] = time.perf_counter() - t0
+        row["forward_s"] = _median_time(lambda: fwd(model, tokens), point.repeats)
+        row["forward_tok_s"] = b * n / row["forward_s"]
 
-    mu = jax.random.normal(jax.random.key(1), (b * n, k))
-    w = model.output_weight
-    gemm = jax.jit(lambda a, w: a @ w.T)
-    row["output_gemm_s"] = _median_time(lambda: gemm(mu, w), point.repeats)
-    row["forward_over_gemm"] = row["forward_s"] / row["output_gemm_s"]
-    row["gemm_gflops"] = 2 * b * n * k * v / row["output_gemm_s"] / 1e9
+        mu = jax.random.normal(jax.random.key(1), (b * n, k))
+        w = model.output_weight
+        gemm = jax.jit(lambda a, w: a @ w.T)
+        row["output_gemm_s"] = _median_time(lambda: gemm(mu, w), point.repeats)
+        row["forward_over_gemm"] = row["forward_s"] / row["output_gemm_s"]
 
     if point.train:
         optimizer = nnx.Optimizer(model, make_optimizer(OptimConfig()), wrt=nnx.Param)
@@ -91,22 +96,15 @@ def measure(point: Point) -> dict:
         row["train_step_s"] = _median_time(lambda: step(model, optimizer, tokens, targets), point.repeats)
         row["train_tok_s"] = b * n / row["train_step_s"]
 
-    if point.diagnostics:
-        from diagnostics.metrics import all_metrics
-
-        from gaugeformer.model.lm import run_with_cache
-        from gaugeformer.model.sow import ATTENTION_ONLY
-
-        cap = nnx.jit(lambda m, t: run_with_cache(m, t, sow=ATTENTION_ONLY)[1])
-        cache = cap(model, tokens)
-        beta = jnp.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(cfg.n_layers)])
-        kl = jnp.stack([cache[f"blocks.{i}.attn.hook_kl"] for i in range(cfg.n_layers)])
-        row["diagnostics_s"] = _median_time(lambda: all_metrics(beta, kl, tokens=tokens), point.repeats)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if jax.default_backend() != "cpu":
         stats = jax.devices()[0].memory_stats() or {}
         row["peak_device_mb"] = stats.get("peak_bytes_in_use", 0) / 2**20
     return row
+
+
+def _mode(point: Point) -> str:
+    return "+".join(m for m, on in (("forward", point.forward), ("train", point.train)) if on)
 
 
 def run_point(point: Point, timeout: float = 1800) -> dict:
@@ -117,7 +115,24 @@ def run_point(point: Point, timeout: float = 1800) -> dict:
         if line.startswith("RESULT"):
             return json.loads(line[len("RESULT"):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return dict(dataclasses.asdict(point), error=" | ".join(tail) or f"exit {proc.returncode}")
+    return dict(dataclasses.asdict(point), mode=_mode(point), error=" | ".join(tail) or f"exit {proc.returncode}")
+
+
+def growth_table(rows: list[dict]) -> str:
+    """Markdown: per mode, the exponent p of ``time ∝ N^p`` and ``peak RSS ∝ N^p`` (least squares over the
+    sweep, and between consecutive lengths)."""
+    out = ["| mode | quantity | N range | exponent |", "|---|---|---|---|"]
+    for mode, key in (("forward", "forward_s"), ("train", "train_step_s")):
+        ok = sorted((r for r in rows if r.get("mode") == mode and "error" not in r), key=lambda r: r["seq_len"])
+        if len(ok) < 2:
+            continue
+        n = [r["seq_len"] for r in ok]
+        for qty in (key, "peak_rss_mb"):
+            y = [r[qty] for r in ok]
+            out.append(f"| {mode} | {qty} | {n[0]}–{n[-1]} | {growth_exponent(n, y):.2f} |")
+            for a in range(len(n) - 1 if len(n) > 2 else 0):
+                out.append(f"| {mode} | {qty} | {n[a]}–{n[a + 1]} | {growth_exponent(n[a:a + 2], y[a:a + 2]):.2f} |")
+    return "\n".join(out) + "\n"
 
 
 def growth_exponent(xs, ys) -> float:
@@ -127,15 +142,16 @@ def growth_exponent(xs, ys) -> float:
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = [("config", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("vocab", "{}"),
-            ("compile_forward_s", "{:.1f}"), ("compile_train_s", "{:.1f}"), ("forward_tok_s", "{:,.0f}"),
-            ("train_tok_s", "{:,.0f}"), ("forward_over_gemm", "{:.1f}"), ("diagnostics_s", "{:.3f}"),
+    cols = [("config", "{}"), ("mode", "{}"), ("batch", "{}"), ("seq_len", "{}"), ("vocab", "{}"),
+            ("tile", "{}"), ("compile_forward_s", "{:.1f}"), ("compile_train_s", "{:.1f}"),
+            ("forward_tok_s", "{:,.0f}"), ("train_tok_s", "{:,.0f}"), ("forward_over_gemm", "{:.1f}"),
             ("peak_rss_mb", "{:,.0f}")]
     head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
     lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['batch']} | {r['seq_len']} | — | failed: {r['error'][:80]} |")
+            lines.append(f"| {r['config']} | {r['mode']} | {r['batch']} | {r['seq_len']} | — | failed: "
+                         f"{r['error'][:80]} |")
             continue
         lines.append("| " + " | ".join(fmt.format(r[c]) if c in r else "—" for c, fmt in cols) + " |")
     return head + "\n".join(lines) + "\n"

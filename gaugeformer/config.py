@@ -119,6 +119,8 @@ class ModelConfig:
       phi_lr / phi_max_norm: the FFN's φ step.
       kl_eps: regulariser added to covariances in every KL.
       kl_impl: ``"factorized"`` (default, GEMM-based) or ``"direct"`` (per-pair reference formula; small N).
+      attention_tile: query/key block size T of the tiled attention, FFN and loss (no ``[B,H,N,N]`` tensor
+        is built unless a hook asks for one); ``None`` is one tile.  Exact for every T (tests).
       logits_precision: the output projection's matmul precision: ``"highest"`` (full float32 on every
         backend, default) or ``"default"`` (the platform's: bf16 on TPU, TF32 on recent GPUs; faster).
         Every other contraction is always full precision (:mod:`gaugeformer.ops.precision`).
@@ -164,6 +166,7 @@ class ModelConfig:
     phi_max_norm: float = 3.14159
     kl_eps: float = 1e-6
     kl_impl: str = "factorized"
+    attention_tile: int | None = 128
     logits_precision: str = "highest"
     attention_transport: str | None = None
     causal: str | None = None
@@ -188,6 +191,9 @@ class ModelConfig:
         for name in ("vocab_size", "embed_dim", "n_layers", "max_seq_len", "ffn_n_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.attention_tile is not None and (not isinstance(self.attention_tile, int)
+                                                or self.attention_tile < 1):
+            raise ValueError(f"attention_tile must be a positive int or None, got {self.attention_tile!r}")
         if not (self.kappa_beta > 0 and math.isfinite(self.kappa_beta)):
             raise ValueError(f"kappa_beta must be a positive number, got {self.kappa_beta}")
         so3.head_layout(self.irreps, self.embed_dim, self.pad_heads)  # raises on a dimension mismatch

@@ -2,7 +2,8 @@
 
 * CE: mean next-token cross-entropy over all positions (targets ``-100`` are ignored).
 * belief alignment: ``λ_β · mean_{b,h} Σ_{i,j} β_ij KL_ij`` of the **last** block's attention (masked pairs
-  enter at the β floor in the reference profile).
+  enter at the β floor in the reference profile), reduced in the attention's tiles
+  (:class:`~gaugeformer.ops.attention_tiled.AttentionStats`), so no ``[B,H,N,N]`` tensor is needed.
 * self-consistency: ``α · mean_{b,i} KL(N(μ_i, Σ_i) ‖ N(μ_prior,i, Σ_prior,i))`` on the final beliefs, with
   both covariances held constant (the reference detaches them).
 """
@@ -14,6 +15,7 @@ import optax
 from gaugeformer.axes import Array, Float, Int
 from gaugeformer.ops import blocks
 from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops.attention_tiled import AttentionStats
 
 
 def gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, eps: float, eps_log: float) -> Float[Array, "B N"]:
@@ -40,14 +42,15 @@ def cross_entropy(logits: Float[Array, "B N V"], targets: Int[Array, "B N"], ign
     return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def attention_metrics(beta: Float[Array, "B H N M"], kl: Float[Array, "B H N M"]) -> dict:
-    """The reference's per-step attention scalars (ref-diagnostics §6.2)."""
-    mean_beta = jnp.maximum(jnp.mean(beta, axis=1), 1e-10)
+def attention_metrics(st: AttentionStats, n: int) -> dict:
+    """The reference's per-step attention scalars (ref-diagnostics §6.2) from a layer's reductions:
+    means of β and KL over all ``B·H·N·N`` pairs; entropy and maximum of the head-mean β per row, averaged."""
+    b, h = st.beta_sum.shape
     return {
-        "attention/beta_mean": jnp.mean(beta),
-        "attention/kl_mean": jnp.mean(kl),
-        "attention/entropy": jnp.mean(-jnp.sum(mean_beta * jnp.log(mean_beta), -1)),
-        "attention/concentration": jnp.mean(jnp.max(mean_beta, -1)),
+        "attention/beta_mean": jnp.sum(st.beta_sum) / (b * h * n * n),
+        "attention/kl_mean": jnp.sum(st.kl_sum) / (b * h * n * n),
+        "attention/entropy": jnp.sum(st.entropy) / (b * n),
+        "attention/concentration": jnp.sum(st.concentration) / (b * n),
     }
 
 
@@ -70,7 +73,7 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
     alpha = cfg.alpha if alpha is None else alpha
     logits, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override)
     ce = cross_entropy(logits, targets)
-    align = lambda_beta * jnp.mean(jnp.sum(st.beta * st.kl, axis=(-2, -1)))
+    align = lambda_beta * jnp.mean(st.attn.beta_kl)
     mu_q = blocks.split_mu(st.mu, cfg.layout)
     mu_p = blocks.split_mu(st.mu_prior, cfg.layout)
     sig_q = jax.lax.stop_gradient(_full(st.sigma))
@@ -83,7 +86,7 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
         "loss/belief_align": align,
         "loss/self_consistency": self_consistency,
         "loss/model_align": jnp.zeros(()),
-        **attention_metrics(st.beta, st.kl),
+        **attention_metrics(jax.lax.stop_gradient(st.attn), tokens.shape[-1]),
     }
     return total, metrics
 

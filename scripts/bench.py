@@ -1,7 +1,10 @@
-"""Benchmark gaugeformer: throughput, compile time, memory, and growth with sequence length.
+"""Benchmark gaugeformer: throughput, compile time, peak memory, and growth with sequence length.
 
-    python scripts/bench.py --config configs/reference_A.yaml --batch 8 --seq-len 128 [--json OUT]
-    python scripts/bench.py --config configs/reference_A.yaml --batch 8 --sweep 128 512 2048 8192
+    python scripts/bench.py --batch 8 --seq-len 128                      # config A, V=50257: forward + train
+    python scripts/bench.py --batch 8 --vocab 256 --sweep 128 512 2048 8192 --train-max 2048
+
+A sweep measures the forward and the train step of each length in separate processes (each its own peak
+RSS) and prints the growth exponents of time and peak memory.  ``--markdown`` writes the tables for README.
 """
 
 import argparse
@@ -11,7 +14,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gaugeformer.bench import Point, growth_exponent, markdown, run_point  # noqa: E402
+from gaugeformer.bench import Point, growth_table, markdown, run_point  # noqa: E402
+
+
+def points(a) -> list[Point]:
+    tile = {"config": -1, "none": None}[a.tile] if a.tile in ("config", "none") else int(a.tile)
+    out = []
+    for config in a.config:
+        if a.sweep:
+            for n in a.sweep:
+                out.append(Point(config, a.batch, n, a.vocab, a.repeats, forward=True, train=False, tile=tile))
+                if not a.no_train and n <= a.train_max:
+                    out.append(Point(config, a.batch, n, a.vocab, a.repeats, forward=False, train=True, tile=tile))
+        else:
+            out += [Point(config, a.batch, n, a.vocab, a.repeats, train=not a.no_train, tile=tile)
+                    for n in a.seq_len]
+    return out
 
 
 def main(argv=None):
@@ -19,30 +37,27 @@ def main(argv=None):
     p.add_argument("--config", nargs="+", default=["configs/reference_A.yaml"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, nargs="+", default=[128])
-    p.add_argument("--sweep", type=int, nargs="*", help="sequence lengths; stops at the first failure")
+    p.add_argument("--sweep", type=int, nargs="*", help="sequence lengths (forward and train as separate rows)")
+    p.add_argument("--train-max", type=int, default=2048, help="longest sequence of the sweep's train rows")
     p.add_argument("--vocab", type=int, help="override the data vocabulary (e.g. 256)")
+    p.add_argument("--tile", default="config", help="attention_tile: an int, 'none' (one tile) or 'config'")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per measurement point")
     p.add_argument("--json", help="write all rows as JSON")
-    p.add_argument("--markdown", help="write the table as markdown")
+    p.add_argument("--markdown", help="write the tables as markdown")
     a = p.parse_args(argv)
     rows = []
-    for config in a.config:
-        lengths = a.sweep or a.seq_len
-        for n in lengths:
-            print(f"[bench] {config} B={a.batch} N={n} ...", flush=True)
-            row = run_point(Point(config, a.batch, n, a.vocab, a.repeats, train=not a.no_train))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if "error" in row and a.sweep:
-                break
-        ok = [r for r in rows if r["config"] == config and "error" not in r]
-        if a.sweep and len(ok) > 1:
-            n = [r["seq_len"] for r in ok]
-            for key in ("forward_s", "train_step_s", "peak_rss_mb"):
-                if all(key in r for r in ok):
-                    print(f"[bench] {config}: {key} grows as N^{growth_exponent(n, [r[key] for r in ok]):.2f}")
+    for point in points(a):
+        print(f"[bench] {point.config} B={point.batch} N={point.seq_len} "
+              f"{'forward' if point.forward else ''}{'+' if point.forward and point.train else ''}"
+              f"{'train' if point.train else ''} ...", flush=True)
+        row = run_point(point, timeout=a.timeout)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     table = markdown(rows)
+    if a.sweep:
+        table += "\n" + growth_table(rows)
     print(table)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))

@@ -27,7 +27,7 @@ class GaugeBlock(nnx.Module):
         cfg = self.cfg
         residual = cfg.use_residual or force_residual
         attn_sow, ffn_sow = sow.scope("attn."), sow.scope("ffn.")
-        mu_a, sig_a, beta, kl = self.attn(
+        mu_a, sig_a, stats = self.attn(
             maybe_norm(self.norm1, mu), sigmas, phi, mask, beta_override, attn_sow
         )
         mu = mu + mu_a if residual else mu_a
@@ -43,4 +43,4 @@ class GaugeBlock(nnx.Module):
         mu = hook(self, "hook_mu_out", mu, sow)
         sigmas = hook_sigma(self, "hook_sigma_out", sigmas, sow, cfg.layout)
         phi = hook(self, "hook_phi_out", phi, sow)
-        return mu, sigmas, phi, beta, kl
+        return mu, sigmas, phi, stats

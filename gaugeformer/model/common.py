@@ -1,5 +1,6 @@
 """Small shared pieces of the modules: the non-trainable buffer type, torch-style LayerNorm, generators."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -33,3 +34,20 @@ class LayerNorm(nnx.Module):
 
 def maybe_norm(module, x):
     return x if module is None else module(x)
+
+
+def records(module: nnx.Module, names, sow) -> bool:
+    """True when one of the hooks ``names`` of ``module`` must be materialised: a forward hook patches it,
+    or it is recorded (``sow`` captures it and the call runs inside ``nnx.capture``; outside it a hook
+    records nothing).  Modules build their full ``[B,H,N,N]`` tensors only then; otherwise they run tiled."""
+    if any(sow.intervenes(n) for n in names):
+        return True
+    captures = getattr(module, "__captures__", ())
+    return any(type(v) is nnx.Intermediate for v in captures) and any(sow.captures(n) for n in names)
+
+
+def remat_if_tiled(fn, n: int, tile: int | None):
+    """``jax.checkpoint(fn)`` when the sequence spans several tiles: the backward then keeps only the
+    sublayer's inputs and recomputes its per-token work (whose ``[B,N,H,D,D,D]`` broadcast-and-sum residuals
+    otherwise dominate memory at long N).  With one tile the residuals are kept (no recompute)."""
+    return fn if tile is None or n <= tile else jax.checkpoint(fn)

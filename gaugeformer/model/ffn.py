@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import Buffer, head_generators
+from gaugeformer.model.common import Buffer, head_generators, records, remat_if_tiled
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import blocks, vfe
 from gaugeformer.ops.precision import matmul
@@ -39,7 +39,12 @@ class VariationalFFN(nnx.Module):
 
     def __call__(self, mu, sigmas, phi, mu_prior, mask, *, train: bool, beta_override=None,
                  sow: SowConfig = ALL):
-        """Returns ``(μ [B,N,K], Σ [B,N,H,D,D] or None, φ [B,N,3])``."""
+        """Returns ``(μ [B,N,K], Σ [B,N,H,D,D] or None, φ [B,N,3])``.
+
+        The FFN's own β, its weighted reductions and the φ step's energy run in tiles
+        (``cfg.attention_tile``) unless a hook of an iteration (or of the φ step) records inside
+        ``nnx.capture``, or ``beta_override`` is given: then the full ``[B,N,N]`` matrices are built.
+        """
         cfg, layout, hp = self.cfg, self.cfg.layout, vfe_params(self.cfg)
         valid = blocks.padding(layout).valid
         diag = sigmas.ndim == 4
@@ -47,25 +52,39 @@ class VariationalFFN(nnx.Module):
         mus, mu_p = blocks.split_mu(mu, layout), blocks.split_mu(mu_prior, layout)
         gens = head_generators(cfg)
         rots = vfe.rotations(gens, phi, expm)
+        plan = vfe.ffn_plan(mu.shape[1], cfg.attention_tile, cfg.attention_pattern, cfg.attention_window,
+                            cfg.mask_self_attention, hp)
         sig_p = sig
         for t in range(hp.n_iter):
-            mus, sig_new, beta, kl = vfe.vfe_iteration(
-                mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid, beta_override
-            )
+            names = (f"it{t}.hook_pattern", f"it{t}.hook_kl")
+            beta = beta_override
+            if records(self, names, sow):  # full [B,N,N] matrices, hooked in dataflow order
+                kl = hook(self, names[1], vfe.ffn_kl(mus, sig, rots, hp, valid), sow)
+                beta = hook(self, names[0], vfe.ffn_beta(kl, mask, hp) if beta is None else beta, sow)
+            if beta is None:  # tiled
+                def step(m, s, r, m_p, s_p, lr):
+                    return vfe.vfe_iteration(m, s, r, m_p, s_p, mask, lr, hp, valid, plan=plan)[:2]
+
+                step = remat_if_tiled(step, mu.shape[1], cfg.attention_tile)
+                mus, sig_new = step(mus, sig, rots, mu_p, sig_p, self.lr[...])
+            else:
+                mus, sig_new, _, _ = vfe.vfe_iteration(mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid,
+                                                       beta)
             if hp.update_sigma:
                 sig = blocks.impose(sig_new, layout)
-            hook(self, f"it{t}.hook_pattern", beta, sow)
-            hook(self, f"it{t}.hook_kl", kl, sow)
         if cfg.evolve_phi and (train or cfg.phi_step == "always"):
-            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, expm, valid)
-            hook(self, "phistep.hook_pattern", beta, sow)
-            hook(self, "phistep.hook_kl", kl, sow)
-        mu = blocks.merge_mu(mus, layout)
-        hook(self, "hook_mu_out", mu, sow)
-        hook(self, "hook_phi_out", phi, sow)
+            names = ("phistep.hook_pattern", "phistep.hook_kl")
+            full = records(self, names, sow)
+            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, expm, valid, plan=None if full else plan)
+            if full:
+                hook(self, names[0], beta, sow)
+                hook(self, names[1], kl, sow)
+        mu = hook(self, "hook_mu_out", blocks.merge_mu(mus, layout), sow)
+        phi = hook(self, "hook_phi_out", phi, sow)
         if not hp.update_sigma:
             return mu, None, phi
-        hook(self, "hook_sigma_out", blocks.merge_sigma(sig, layout), sow)
+        if records(self, ("hook_sigma_out",), sow):
+            sig = blocks.split_sigma(hook(self, "hook_sigma_out", blocks.merge_sigma(sig, layout), sow), layout)
         if diag:
             sig = jnp.diagonal(sig, axis1=-2, axis2=-1)
         return mu, sig, phi
@@ -90,5 +109,4 @@ class MLPFFN(nnx.Module):
                  sow: SowConfig = ALL):
         hidden = jax.nn.gelu(matmul(mu, self.fc1_weight[...].T) + self.fc1_bias[...], approximate=False)
         out = mu + matmul(hidden, self.fc2_weight[...].T) + self.fc2_bias[...]
-        hook(self, "hook_mu_out", out, sow)
-        return out, None, phi
+        return hook(self, "hook_mu_out", out, sow), None, phi

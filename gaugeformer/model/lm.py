@@ -13,6 +13,7 @@ from gaugeformer.model.common import Buffer, LayerNorm, maybe_norm
 from gaugeformer.model.embed import GaugeTokenEmbedding
 from gaugeformer.model.sow import (ALL, ActivationCache, FwdHook, SowConfig, check_names, flatten,
                                    hook, hook_sigma, resolve, valid_hook_names)
+from gaugeformer.ops.attention_tiled import AttentionStats
 from gaugeformer.ops.masks import valid_keys
 from gaugeformer.ops.precision import logits_matmul
 from gaugeformer.ops.positional import compose, sinusoidal_table
@@ -21,7 +22,7 @@ from gaugeformer.ops.positional import compose, sinusoidal_table
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class ForwardState:
-    """Final beliefs and the last block's attention, as the training loss needs them.
+    """Final beliefs and the last block's attention statistics, as the training loss needs them.
 
     ``sigma`` is per head group (see :mod:`gaugeformer.ops.blocks`); ``full_sigma`` assembles ``[B,N,K,K]``.
     """
@@ -31,8 +32,7 @@ class ForwardState:
     phi: jax.Array  # [B,N,3] frames entering the last block's FFN output (see forward)
     mu_prior: jax.Array  # [B,N,K]
     sigma_prior: jax.Array  # [B,N,H,D,D]
-    beta: jax.Array  # [B,H,N,M] last block attention
-    kl: jax.Array  # [B,H,N,M]
+    attn: AttentionStats  # reductions of the last block's β and KL (no [B,H,N,N] tensor)
 
 
 class GaugeTransformerLM(nnx.Module):
@@ -103,11 +103,11 @@ class GaugeTransformerLM(nnx.Module):
         phi = hook(self, "hook_phi_composed", phi, sow)
         mask = valid_keys(n, cfg.attention_pattern, cfg.attention_window, cfg.mask_self_attention)
         force_last = training_forward and cfg.train_forward == "reference"
-        beta = kl = None
+        stats = None
         for layer, block in enumerate(self.blocks):
             last = layer == cfg.n_layers - 1
             phi_in = phi
-            mu, sigmas, phi, beta, kl = block(
+            mu, sigmas, phi, stats = block(
                 mu, sigmas, phi, mu_prior, mask, train=train, force_residual=force_last and last,
                 beta_override=None if beta_override is None else beta_override[layer],
                 override_ffn_beta=override_ffn_beta, sow=sow.scope(f"blocks.{layer}."),
@@ -118,7 +118,7 @@ class GaugeTransformerLM(nnx.Module):
         mu = hook(self, "hook_mu_final", mu, sow)
         sigmas = hook_sigma(self, "hook_sigma_final", sigmas, sow, cfg.layout)
         logits = logits_matmul(mu, self.output_weight, cfg.logits_precision)
-        return logits, ForwardState(mu, sigmas, phi, mu_prior, sigma_prior, beta, kl)
+        return logits, ForwardState(mu, sigmas, phi, mu_prior, sigma_prior, stats)
 
 
 def _forward(graphdef: nnx.GraphDef, state: nnx.State, tokens, sow: SowConfig, capture: bool,

@@ -207,13 +207,6 @@ def hook(module: nnx.Module, name: str, value, cfg: SowConfig = ALL):
     return value
 
 
-def split_sigma(sigma, layout: HeadLayout):
-    """``[*b, K, K]`` -> ``[*b, H, D, D]``: the per-head blocks (off-block entries dropped), padding = identity."""
-    p = blocks.padding(layout)
-    ext = jnp.pad(sigma, [(0, 0)] * (sigma.ndim - 2) + [(0, 1), (0, 1)])
-    return blocks.impose(ext[..., p.index[:, :, None], p.index[:, None, :]], layout)
-
-
 def hook_sigma(module: nnx.Module, name: str, sigmas, cfg: SowConfig, layout: HeadLayout):
     """A Σ hook: shows the merged ``[B,N,K,K]`` covariance; a patch re-enters the model per head.
 
@@ -222,7 +215,7 @@ def hook_sigma(module: nnx.Module, name: str, sigmas, cfg: SowConfig, layout: He
     if sigmas.ndim != 5 or not cfg.wants(name):
         return sigmas
     patched = hook(module, name, blocks.merge_sigma(sigmas, layout), cfg)
-    return split_sigma(patched, layout) if cfg.intervenes(name) else sigmas
+    return blocks.split_sigma(patched, layout) if cfg.intervenes(name) else sigmas
 
 
 def flatten(tree, prefix: str = "") -> dict:

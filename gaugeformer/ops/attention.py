@@ -16,6 +16,8 @@ Two implementations of the full-covariance KL exist, with one purpose each:
 * :func:`kl_direct` — the reference's per-pair formula, kept for tests at small N.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,83 @@ from gaugeformer.ops import small as sm
 # ----------------------------------------------------------------------------------------------
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KLQueries:
+    """Query-side features of the factorized KL (all ``[B, N, h, ...]``; ``a`` centred on the first key)."""
+
+    sig: Array  # Σ̂_i = E_i⁻¹ (Σ_i + εI) E_i⁻ᵀ      [B,N,h,d,d]
+    a: Array  # E_i⁻¹ μ_i - c                        [B,N,h,d]
+    ld: Array  # log det(Σ_i + εI) (eps_log inside)  [B,N,h]
+    lde: Array  # 2 log|det E_i| (0 when orthogonal) [B,N,h]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KLKeys:
+    """Key-side features of the factorized KL (all ``[B, M, h, ...]``)."""
+
+    p: Array  # P_j = (F_j Σ_j F_jᵀ + εI)⁻¹            [B,M,h,d,d]
+    pb: Array  # P_j (b_j - c)                         [B,M,h,d]
+    quad_b: Array  # (b_j - c)ᵀ P_j (b_j - c)            [B,M,h]
+    ld: Array  # log det(F_j Σ_j F_jᵀ + εI)              [B,M,h]
+
+
+def kl_features(
+    mu: Float[Array, "B N h d"],
+    sigma: Float[Array, "B N h d d"],
+    e: Float[Array, "B N h d d"],
+    f: Float[Array, "B N h d d"],
+    e_logabsdet: Float[Array, "B N h"] | None,
+    eps: float,
+    eps_log: float,
+) -> tuple[KLQueries, KLKeys]:
+    """Per-token features of :func:`kl_factorized` (``O(N d³)``); :func:`kl_pairs` combines any tile of them.
+
+    The quadratic form is expanded around the first key ``c`` (per batch and head) so the three GEMM terms
+    stay small when all beliefs are close (the trained regime, KL ~ 1e-3); ``c`` is visible to every query,
+    so causality holds exactly, and it is a constant for autodiff (the value does not depend on it).
+    """
+    s = sm.sandwich(f, sigma)  # [B,M,h,d,d]
+    chol_s = jnp.linalg.cholesky(gs.add_eye(s, eps))
+    p = gs.spd_inverse(chol_s)
+    b = sm.mv(f, mu)
+    q = gs.add_eye(sigma, eps)
+    einv = f if e_logabsdet is None else jnp.linalg.inv(e)
+    c = jax.lax.stop_gradient(b[:, :1])
+    a, b = sm.mv(einv, mu) - c, b - c
+    pb = sm.mv(p, b)
+    ld_query = gs.chol_logdet(jnp.linalg.cholesky(q), eps_log)
+    lde = jnp.zeros_like(ld_query) if e_logabsdet is None else 2.0 * e_logabsdet
+    queries = KLQueries(sig=sm.sandwich(einv, q), a=a, ld=ld_query, lde=lde)
+    keys = KLKeys(p=p, pb=pb, quad_b=pr.einsum("bmhk,bmhk->bmh", b, pb), ld=gs.chol_logdet(chol_s, eps_log))
+    return queries, keys
+
+
+def kl_pairs(q: KLQueries, k: KLKeys) -> Float[Array, "B h N M"]:
+    """``KL_ij`` (before clamping) for every query of ``q`` and key of ``k``: four GEMMs of depth d², d."""
+    d = q.a.shape[-1]
+    quad_a = pr.einsum("bnhkl,bmhkl->bhnm", q.a[..., :, None] * q.a[..., None, :], k.p)
+    cross = pr.einsum("bnhk,bmhk->bhnm", q.a, k.pb)
+    trace = pr.einsum("bnhkl,bmhkl->bhnm", q.sig, k.p)
+    logdet = (k.ld.transpose(0, 2, 1)[:, :, None, :] - q.ld.transpose(0, 2, 1)[..., None]
+              + q.lde.transpose(0, 2, 1)[..., None])
+    quad_b = k.quad_b.transpose(0, 2, 1)[:, :, None, :]
+    return 0.5 * (trace + quad_a - 2.0 * cross + quad_b - d + logdet)
+
+
+def kl_key_sums(q: KLQueries, ksum: KLKeys, count) -> Float[Array, "B h N"]:
+    """``Σ_j KL_ij`` (unclamped) over a set of keys, from the sums of their features ``ksum`` (``[B,N,h,...]``,
+    per query) and their number ``count`` (``[N]``): every key feature enters :func:`kl_pairs` linearly."""
+    d = q.a.shape[-1]
+    quad_a = pr.einsum("bnhkl,bnhkl->bnh", q.a[..., :, None] * q.a[..., None, :], ksum.p)
+    cross = pr.einsum("bnhk,bnhk->bnh", q.a, ksum.pb)
+    trace = pr.einsum("bnhkl,bnhkl->bnh", q.sig, ksum.p)
+    cnt = jnp.asarray(count, q.ld.dtype)[None, :, None]
+    total = trace + quad_a - 2.0 * cross + ksum.quad_b + ksum.ld + cnt * (q.lde - q.ld - d)
+    return 0.5 * total.transpose(0, 2, 1)
+
+
 def kl_factorized(
     mu: Float[Array, "B N h d"],
     sigma: Float[Array, "B N h d d"],
@@ -40,39 +119,12 @@ def kl_factorized(
     eps: float,
     eps_log: float,
 ) -> Float[Array, "B h N M"]:
-    """``KL(q_i ‖ Ω_ij q_j)`` for all pairs, factorized.
+    """``KL(q_i ‖ Ω_ij q_j)`` for all pairs, factorized (:func:`kl_features`, :func:`kl_pairs`).
 
     ``e_logabsdet`` is ``log|det E_i|`` (None: E is orthogonal, so ``E⁻¹ = F`` and the term is 0).
-    The quadratic form is expanded around the first key ``c`` (per batch and head) so the three GEMM terms stay
-    small when all beliefs are close (the trained regime, KL ~ 1e-3).
     """
-    d = mu.shape[-1]
-    # key side
-    s = sm.sandwich(f, sigma)  # [B,M,h,d,d]
-    chol_s = jnp.linalg.cholesky(gs.add_eye(s, eps))
-    p = gs.spd_inverse(chol_s)
-    ld_key = gs.chol_logdet(chol_s, eps_log)  # [B,M,h]
-    b = sm.mv(f, mu)
-    # query side
-    q = gs.add_eye(sigma, eps)
-    ld_query = gs.chol_logdet(jnp.linalg.cholesky(q), eps_log)  # [B,N,h]
-    einv = f if e_logabsdet is None else jnp.linalg.inv(e)
-    a = sm.mv(einv, mu)
-    sigma_hat = sm.sandwich(einv, q)
-    # expanded Mahalanobis term, centred on the first key (visible to every query, so causality holds
-    # exactly; a constant for autodiff, the value does not depend on it)
-    c = jax.lax.stop_gradient(b[:, :1])
-    a, b = a - c, b - c
-    pb = sm.mv(p, b)
-    quad_a = pr.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], p)
-    cross = pr.einsum("bnhk,bmhk->bhnm", a, pb)
-    quad_b = pr.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
-    trace = pr.einsum("bnhkl,bmhkl->bhnm", sigma_hat, p)
-    logdet = ld_key.transpose(0, 2, 1)[:, :, None, :] - ld_query.transpose(0, 2, 1)[..., None]
-    if e_logabsdet is not None:
-        logdet = logdet + 2.0 * e_logabsdet.transpose(0, 2, 1)[..., None]
-    kl = 0.5 * (trace + quad_a - 2.0 * cross + quad_b - d + logdet)
-    return jnp.maximum(kl, 0.0)
+    q, k = kl_features(mu, sigma, e, f, e_logabsdet, eps, eps_log)
+    return jnp.maximum(kl_pairs(q, k), 0.0)
 
 
 def kl_direct(
@@ -108,6 +160,27 @@ def transported_variances(
     return pr.einsum("bnhkx,bnhky,bmhxy->bhnmk", e, e, s)
 
 
+def kl_diagonal_pairs(
+    mu_q: Float[Array, "B N h d"],
+    var_q: Float[Array, "B N h d"],
+    e_q: Float[Array, "B N h d d"],
+    mu_k: Float[Array, "B M h d"],
+    var_k: Float[Array, "B M h d"],
+    f_k: Float[Array, "B M h d d"],
+    floor: float = 1e-6,
+) -> tuple[Float[Array, "B h N M"], Float[Array, "B h N M d"], Float[Array, "B h N M d"]]:
+    """:func:`kl_diagonal` between the queries ``(μ, σ², E)_q`` and the keys ``(μ, σ², F)_k`` (any tile)."""
+    var_q, var_k = jnp.maximum(var_q, floor), jnp.maximum(var_k, floor)
+    var_t = jnp.maximum(transported_variances(var_k, e_q, f_k), floor)
+    mu_t = pr.einsum("bnhkl,bmhl->bhnmk", e_q, sm.mv(f_k, mu_k))
+    var_i = var_q.transpose(0, 2, 1, 3)[:, :, :, None, :]
+    mu_i = mu_q.transpose(0, 2, 1, 3)[:, :, :, None, :]
+    kl = 0.5 * jnp.sum(
+        var_i / var_t + (mu_t - mu_i) ** 2 / var_t - 1.0 + jnp.log(var_t) - jnp.log(var_i), axis=-1
+    )
+    return jnp.maximum(kl, 0.0), mu_t, var_t
+
+
 def kl_diagonal(
     mu: Float[Array, "B N h d"],
     var: Float[Array, "B N h d"],
@@ -116,16 +189,7 @@ def kl_diagonal(
     floor: float = 1e-6,
 ) -> tuple[Float[Array, "B h N M"], Float[Array, "B h N M d"], Float[Array, "B h N M d"]]:
     """Diagonal-covariance KL (ref-architecture §4.2, diagonal path): returns ``(KL, μ̃, σ̃)``."""
-    var = jnp.maximum(var, floor)
-    var_t = jnp.maximum(transported_variances(var, e, f), floor)
-    b = sm.mv(f, mu)
-    mu_t = pr.einsum("bnhkl,bmhl->bhnmk", e, b)
-    var_i = var.transpose(0, 2, 1, 3)[:, :, :, None, :]
-    mu_i = mu.transpose(0, 2, 1, 3)[:, :, :, None, :]
-    kl = 0.5 * jnp.sum(
-        var_i / var_t + (mu_t - mu_i) ** 2 / var_t - 1.0 + jnp.log(var_t) - jnp.log(var_i), axis=-1
-    )
-    return jnp.maximum(kl, 0.0), mu_t, var_t
+    return kl_diagonal_pairs(mu, var, e, mu, var, f, floor)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,13 +202,18 @@ def attention_logits(
     kappa: float,
     mask: Bool[Array, "N M"],
     alibi_slope: float | None = None,
+    rel=None,
 ) -> Float[Array, "B h N M"]:
-    """``-KL/κ (+ slope·(i - j))``, ``-inf`` where ``mask`` (see :mod:`gaugeformer.ops.masks`) is False."""
+    """``-KL/κ (+ slope·(i - j))``, ``-inf`` where ``mask`` (see :mod:`gaugeformer.ops.masks`) is False.
+
+    ``rel`` is ``i - j`` for the tile (default: the ``[N, M]`` grid from 0, i.e. the whole matrix).
+    """
     logits = -kl / kappa
-    n, m = mask.shape
     if alibi_slope:
-        rel = np.arange(n)[:, None] - np.arange(m)[None, :]
-        logits = logits + alibi_slope * rel.astype(np.float32)
+        if rel is None:
+            n, m = mask.shape
+            rel = np.arange(n)[:, None] - np.arange(m)[None, :]
+        logits = logits + alibi_slope * jnp.asarray(rel, logits.dtype)
     return jnp.where(jnp.asarray(mask), logits, -jnp.inf)
 
 
@@ -160,6 +229,53 @@ def attention_weights(logits: Float[Array, "B h N M"], floor: float | None) -> F
 # ----------------------------------------------------------------------------------------------
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class AggValues:
+    """Per-key values whose β-weighted sums give the aggregation (``[B, M, h, ...]``)."""
+
+    b: Array  # b_j = F_j μ_j                               [B,M,h,d]
+    bc: Array  # b_j - c (c the first key)                   [B,M,h,d]
+    second: Array | None  # S_j + (b_j - c)(b_j - c)ᵀ, or None   [B,M,h,d,d]
+
+
+def aggregate_values(mu: Float[Array, "B M h d"], sigma: Float[Array, "B M h d d"] | None,
+                     f: Float[Array, "B M h d d"]) -> AggValues:
+    b = sm.mv(f, mu)
+    if sigma is None:
+        return AggValues(b, b, None)
+    c = jax.lax.stop_gradient(b[:, :1])
+    bc = b - c
+    return AggValues(b, bc, sm.sandwich(f, sigma) + bc[..., :, None] * bc[..., None, :])
+
+
+def aggregate_sums(beta: Float[Array, "B h N M"], v: AggValues) -> dict:
+    """``Σ_j β_ij`` of every value (and of 1): the only pairwise work of the aggregation (GEMMs)."""
+    out = {"b": pr.einsum("bhnm,bmhk->bnhk", beta, v.b)}
+    if v.second is not None:
+        out["r"] = jnp.sum(beta, axis=-1).transpose(0, 2, 1)
+        out["bc"] = pr.einsum("bhnm,bmhk->bnhk", beta, v.bc)
+        out["second"] = pr.einsum("bhnm,bmhkl->bnhkl", beta, v.second)
+    return out
+
+
+def aggregate_finish(sums: dict, e: Float[Array, "B N h d d"]
+                     ) -> tuple[Float[Array, "B N h d"], Float[Array, "B N h d d"] | None]:
+    """Mean and moment-matched covariance from :func:`aggregate_sums` (see :func:`aggregate_factorized`)."""
+    beta_b = sums["b"]
+    mean = sm.mv(e, beta_b)
+    if "second" not in sums:
+        return mean, None
+    r = sums["r"][..., None, None]  # [B,N,h,1,1]
+    u = sums["bc"]
+    inner = (
+        sums["second"]
+        - u[..., :, None] * u[..., None, :] / r
+        + (1.0 - r) / r * beta_b[..., :, None] * beta_b[..., None, :]
+    )
+    return mean, sm.sandwich(e, inner)
+
+
 def aggregate_factorized(
     beta: Float[Array, "B h N M"],
     mu: Float[Array, "B M h d"],
@@ -170,27 +286,11 @@ def aggregate_factorized(
     """``m_i = Σ_j β_ij Ω_ij μ_j`` and the moment-matched mixture covariance (factorized-attention §2).
 
     ``S_i = Σ_j β_ij (Ω Σ_j Ωᵀ + μ̃ μ̃ᵀ) - m_i m_iᵀ`` is formed as ``E_i [Σ_j β_ij S_j + C_i] E_iᵀ`` where the
-    scatter ``C_i = Σ_j β_ij b_j b_jᵀ - (Σ_j β_ij b_j)(Σ_j β_ij b_j)ᵀ`` is computed around the mean key ``c``
-    (``b_j - c`` with ``c`` the first key, which every query sees), so large common means do not cancel.  The row sum ``r_i = Σ_j β_ij``
+    scatter ``C_i = Σ_j β_ij b_j b_jᵀ - (Σ_j β_ij b_j)(Σ_j β_ij b_j)ᵀ`` is computed around the first key ``c``
+    (``b_j - c``, which every query sees), so large common means do not cancel.  The row sum ``r_i = Σ_j β_ij``
     (``1 + #masked·floor`` in the reference) is accounted for exactly.
     """
-    b = sm.mv(f, mu)
-    beta_b = pr.einsum("bhnm,bmhk->bnhk", beta, b)
-    mean = sm.mv(e, beta_b)
-    if sigma is None:
-        return mean, None
-    s = sm.sandwich(f, sigma)
-    c = jax.lax.stop_gradient(b[:, :1])
-    bc = b - c
-    r = jnp.sum(beta, axis=-1).transpose(0, 2, 1)[..., None, None]  # [B,N,h,1,1]
-    u = pr.einsum("bhnm,bmhk->bnhk", beta, bc)
-    inner = (
-        pr.einsum("bhnm,bmhkl->bnhkl", beta, s + bc[..., :, None] * bc[..., None, :])
-        - u[..., :, None] * u[..., None, :] / r
-        + (1.0 - r) / r * beta_b[..., :, None] * beta_b[..., None, :]
-    )
-    cov = sm.sandwich(e, inner)
-    return mean, cov
+    return aggregate_finish(aggregate_sums(beta, aggregate_values(mu, sigma, f)), e)
 
 
 def aggregate_direct(

@@ -76,7 +76,8 @@ def split_variances(var: Float[Array, "*b K"], layout: HeadLayout) -> Float[Arra
 @functools.cache
 def _scatter_tables(layout: HeadLayout):
     p = padding(layout)
-    hs, r, c = np.nonzero(p.valid[:, :, None] & p.valid[:, None, :])
+    # int32 like every other index table: a cached int64 table indexes differently with and without x64
+    hs, r, c = (x.astype(np.int32) for x in np.nonzero(p.valid[:, :, None] & p.valid[:, None, :]))
     return hs, r, c, p.index[hs, r], p.index[hs, c]
 
 
@@ -85,6 +86,14 @@ def merge_sigma(x: Float[Array, "*b H D D"], layout: HeadLayout) -> Float[Array,
     k = layout.embed_dim
     out = jnp.zeros((*x.shape[:-3], k, k), x.dtype)
     return out.at[..., rows, cols].set(x[..., hs, r, c])
+
+
+def split_sigma(x: Float[Array, "*b K K"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
+    """Inverse of :func:`merge_sigma` on block-diagonal covariances (padding blocks hold the identity)."""
+    p = padding(layout)
+    pad = [(0, 0)] * (x.ndim - 2) + [(0, 1), (0, 1)]
+    ext = jnp.pad(x, pad)
+    return impose(ext[..., p.index[:, :, None], p.index[:, None, :]], layout)
 
 
 def impose(sigma: Float[Array, "*b H D D"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
@@ -114,17 +123,3 @@ def _generators(layout: HeadLayout, basis: str) -> np.ndarray:
 def generators(layout: HeadLayout, basis: str) -> np.ndarray:
     """Per-head generators ``(H, 3, D, D)`` float32, zero on padding."""
     return _generators(layout, basis).copy()
-
-
-def split_sigma(sigma: Float[Array, "*b K K"], layout: HeadLayout) -> Float[Array, "*b H D D"]:
-    """Inverse of :func:`merge_sigma` on block-diagonal covariances (padding block = identity).
-
-    Used where a flat ``[..., K, K]`` covariance comes back from a hook and per-head blocks are needed
-    (``diagnostics.attribution``); off-block entries are dropped.
-    """
-    p = padding(layout)
-    k = layout.embed_dim
-    ext = jnp.zeros((*sigma.shape[:-2], k + 1, k + 1), sigma.dtype).at[..., :k, :k].set(sigma)
-    ext = ext.at[..., k, k].set(1.0)
-    out = ext[..., p.index[:, :, None], p.index[:, None, :]]
-    return impose(out, layout)

@@ -24,6 +24,7 @@ from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
 from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
+from gaugeformer.ops import tiling
 from gaugeformer.ops.attention import attention_logits, attention_weights
 
 _RIDGE_LADDER = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1)
@@ -86,13 +87,13 @@ class _Pulled:
     p: Array  # R_iᵀ (Σ_i + εI)⁻¹ R_i              [B,N,H,D,D]
     inv: Array  # (Σ_i + εI)⁻¹                      [B,N,H,D,D]
     ld: Array  # 2 Σ log(diag chol(Σ_i + εI) + eps_log)   [B,N,H]
-    ok: Array  # per head: all Cholesky factors finite   [H]
+    ok: Array  # per head: all Cholesky factors finite, broadcast over tokens (so it tiles like the rest) [B,N,H]
 
 
 def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     rt = jnp.swapaxes(r, -1, -2)
     chol = jnp.linalg.cholesky(gs.add_eye(sigma, eps))
-    ok = jnp.all(jnp.isfinite(chol), axis=(0, 1, 3, 4))
+    ok = jnp.broadcast_to(jnp.all(jnp.isfinite(chol), axis=(0, 1, 3, 4)), chol.shape[:3])
     inv = gs.spd_inverse(chol)
     return _Pulled(
         r=r,
@@ -114,7 +115,7 @@ def _centre(t: _Pulled) -> Array:
     return jax.lax.stop_gradient(t.a[:, :1])
 
 
-def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
+def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float, c: Array) -> tuple[Array, Array]:
     """Per-head ``(KL_β, K̂)``, ``[B, H, N, M]`` before clamping.
 
     Query-side quantities come from ``tq`` and key-side ones from ``tk`` (the same object except in the
@@ -122,7 +123,6 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
     ref-ffn §3.3).  Padding slots contribute exactly 0 to both.
     """
     d = tq.a.shape[-1]
-    c = _centre(tk)
     a, b = tq.a - c, tk.a - c
     pb = sm.mv(tk.p, b)
     quad_a = pr.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
@@ -135,21 +135,28 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float) -> tuple[Array, Array]:
     return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
-def block_kl(pulled: _Pulled, eps: float, n_pad: Array, keys: _Pulled | None = None
+def block_kl(pulled: _Pulled, eps: float, n_pad: Array, keys: _Pulled | None = None, c: Array | None = None
              ) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
     """Head-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then heads are summed.
 
     ``keys`` (default: ``pulled``) supplies the key-side quantities; ``n_pad [H]`` counts padding slots
-    per head.  A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the reference's
-    fallback).
+    per head; ``c`` is the expansion centre (default :func:`_centre` of the keys; tiles pass the global one).
+    A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the reference's fallback).
     """
-    kb, kh = _pair_kls(pulled, keys or pulled, eps)
+    keys = pulled if keys is None else keys
+    kb, kh = _pair_kls(pulled, keys, eps, _centre(keys) if c is None else c)
     # a padding slot adds 1/(1+ε) - 1 to K̂'s unregularised trace term (and exactly 0 to KL_β)
     kh = kh + (0.5 * eps * n_pad / (1.0 + eps))[None, :, None, None]
-    ok = pulled.ok[None, :, None, None]
+    ok = pulled.ok[0, 0][None, :, None, None]
     kl_beta = jnp.where(ok, jnp.maximum(kb, 0.0), eps).sum(1)
     kl_hat = jnp.where(ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
     return kl_beta, kl_hat
+
+
+def ffn_kl(mu, sigma, rots, hp: VFEParams, valid: np.ndarray) -> Float[Array, "B N M"]:
+    """The head-summed ``KL_β`` of :func:`vfe_iteration` as a full ``[B, N, M]`` matrix (for hooks)."""
+    t = _pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
+    return block_kl(t, hp.eps, jnp.asarray((~valid).sum(-1), mu.dtype))[0]
 
 
 def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams) -> Float[Array, "B N M"]:
@@ -167,37 +174,74 @@ def rotations(gens: Array, phi: Float[Array, "B N 3"], exp_fn) -> Float[Array, "
 # ----------------------------------------------------------------------------------------------
 
 
-def _weighted_g(t: _Pulled, w: Float[Array, "B N M"], c) -> tuple[Array, Array]:
-    """``Σ_j w_ij g_ij = R_i [(Σ_j w_ij P̌_j) â_i - Σ_j w_ij P̌_j b̌_j]`` (centred on ``c``), and ``Σ_j w P̌``."""
-    a = t.a - c
-    wp = pr.einsum("bnm,bmhkl->bnhkl", w, t.p)
-    wpb = pr.einsum("bnm,bmhk->bnhk", w, sm.mv(t.p, a))
-    inner = sm.mv(wp, a) - wpb
-    return sm.mv(t.r, inner), wp
+def _weighted_sums(beta, w, keys: _Pulled, pa) -> dict:
+    """The iteration's only pairwise reductions: ``Σ_j β P̌``, ``Σ_j β P̌ b̌``, ``Σ_j β`` and the same with w."""
+    return {
+        "bp": pr.einsum("bnm,bmhkl->bnhkl", beta, keys.p),
+        "bpa": pr.einsum("bnm,bmhk->bnhk", beta, pa),
+        "rb": beta.sum(-1),
+        "wp": pr.einsum("bnm,bmhkl->bnhkl", w, keys.p),
+        "wpa": pr.einsum("bnm,bmhk->bnhk", w, pa),
+        "rw": w.sum(-1),
+    }
+
+
+def _tiled_sums(t: _Pulled, n_pad, hp: VFEParams, plan: tiling.TilePlan) -> dict:
+    """:func:`_weighted_sums` of the FFN's own β (and ``w = K̂·β``) over key tiles: no ``[B,N,M]`` tensor."""
+    c = _centre(t)
+    pa = sm.mv(t.p, t.a - c)
+
+    def logits_fn(qb, kb, i, j, ok):
+        kl_beta, kl_hat = block_kl(qb, hp.eps, n_pad, kb[0], c)
+        return attention_logits(kl_beta[:, None], hp.kappa, ok)[:, 0], kl_hat
+
+    def reduce_fn(acc, beta, kl_hat, qb, kb, i, j, ok):
+        return jax.tree.map(jnp.add, acc, _weighted_sums(beta, kl_hat * beta, kb[0], kb[1]))
+
+    def init_fn(qb):
+        z = jnp.zeros_like
+        return {"bp": z(qb.p), "bpa": z(qb.a), "rb": z(qb.ld[..., 0]), "wp": z(qb.p), "wpa": z(qb.a),
+                "rw": z(qb.ld[..., 0])}
+
+    out = tiling.softmax_reduce(plan, tiling.pad_tokens(t, plan), tiling.pad_tokens((t, pa), plan),
+                                logits_fn, reduce_fn, init_fn, hp.beta_floor)
+    return jax.tree.map(lambda x: tiling.unblock(x, plan, axis=1), out)
+
+
+def ffn_plan(n: int, tile, pattern, window, mask_self, hp: VFEParams) -> tiling.TilePlan:
+    """The FFN's tiling: masked tiles are skipped only without a floor (then masked keys weigh exactly 0)."""
+    return tiling.make_plan(n, tile, pattern, window, mask_self, skip=hp.beta_floor is None)
 
 
 def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid: np.ndarray,
-                  beta_override=None):
+                  beta_override=None, plan: tiling.TilePlan | None = None):
     """One VFE step; all beliefs ``[B, N, H, D(, D)]``, ``valid [H, D]`` marks real slots.
 
-    Returns ``(mu, sigma, beta [B,N,M], kl [B,N,M])``.
+    With a tile ``plan`` (and no ``beta_override``) the pairwise sums run in tiles and no ``[B,N,M]`` tensor
+    exists; otherwise ``mask [N,M]`` is used and the full matrices are built.
+
+    Returns ``(mu, sigma, beta [B,N,M] or None, kl [B,N,M] or None)`` (None when tiled).
     """
     n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
     t = _pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
-    kl_beta, kl_hat = block_kl(t, hp.eps, n_pad)
-    beta = ffn_beta(kl_beta, mask, hp) if beta_override is None else beta_override
-    w = kl_hat * beta
-    row_beta = beta.sum(-1)[:, :, None, None, None]  # [B,N,1,1,1]
-    row_w = w.sum(-1)[:, :, None, None]  # [B,N,1,1]
-
     c = _centre(t)
-    g_bar, beta_p = _weighted_g(t, beta, c)
-    g_w, _ = _weighted_g(t, w, c)
+    if plan is not None and beta_override is None:
+        sums = _tiled_sums(t, n_pad, hp, plan)
+        beta = kl_beta = None
+    else:
+        kl_beta, kl_hat = block_kl(t, hp.eps, n_pad)
+        beta = ffn_beta(kl_beta, mask, hp) if beta_override is None else beta_override
+        sums = _weighted_sums(beta, kl_hat * beta, t, sm.mv(t.p, t.a - c))
+    row_beta = sums["rb"][:, :, None, None, None]  # [B,N,1,1,1]
+    row_w = sums["rw"][:, :, None, None]  # [B,N,1,1]
+    a = t.a - c
+    g_bar = sm.mv(t.r, sm.mv(sums["bp"], a) - sums["bpa"])
+    g_w = sm.mv(t.r, sm.mv(sums["wp"], a) - sums["wpa"])
     coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
     inv_p = gs.spd_inverse(jnp.linalg.cholesky(gs.add_eye(sigma_p, hp.eps)))
     g_self = hp.alpha * sm.mv(inv_p, mu - mu_p)
     h_self = 0.5 * hp.alpha * (inv_p - t.inv)
-    h_align = 0.5 * hp.lam * (sm.sandwich(t.r, beta_p) - row_beta * t.inv)
+    h_align = 0.5 * hp.lam * (sm.sandwich(t.r, sums["bp"]) - row_beta * t.inv)
     g_mu = jnp.clip(g_self + hp.lam * g_bar + hp.coupling_sign * coup, -hp.grad_clip, hp.grad_clip)
     g_sig = jnp.clip(h_self + h_align, -hp.grad_clip, hp.grad_clip)
 
@@ -265,28 +309,51 @@ def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Arr
 # ----------------------------------------------------------------------------------------------
 
 
-def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad):
+def _energy_tiled(pulled: _Pulled, keys: _Pulled, n_pad, hp: VFEParams, plan: tiling.TilePlan) -> Array:
+    """``Σ_{b,i,j} β_ij KL_ij`` of the FFN's β over key tiles (the φ step's energy without ``[B,N,M]``)."""
+    c = _centre(keys)
+
+    def logits_fn(qb, kb, i, j, ok):
+        kl, _ = block_kl(qb, hp.eps, n_pad, kb, c)
+        return attention_logits(kl[:, None], hp.kappa, ok)[:, 0], kl
+
+    def reduce_fn(acc, beta, kl, qb, kb, i, j, ok):
+        return acc + jnp.sum(beta * kl, axis=-1)
+
+    rows = tiling.softmax_reduce(plan, tiling.pad_tokens(pulled, plan), tiling.pad_tokens(keys, plan),
+                                 logits_fn, reduce_fn, lambda qb: jnp.zeros(qb.ld.shape[:2], qb.ld.dtype),
+                                 hp.beta_floor)
+    return jnp.sum(tiling.unblock(rows, plan, axis=1))
+
+
+def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: tiling.TilePlan | None = None):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
     With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
     attention); otherwise φ_i is also differentiated in its role as a key of every later query, which
-    makes the updated φ_i depend on future tokens (the reference).
+    makes the updated φ_i depend on future tokens (the reference).  With a tile ``plan`` the energy is
+    reduced in tiles and the aux ``(β, KL)`` is ``(None, None)``.
     """
     pulled = _pull_back(mu, sigma, rotations(gens, phi, exp_fn), hp.eps, hp.eps_log)
-    keys = None
+    keys = pulled
     if hp.phi_grad_query_role:
         keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi), exp_fn), hp.eps, hp.eps_log)
+    if plan is not None:
+        return hp.lam * _energy_tiled(pulled, keys, n_pad, hp, plan), (None, None)
     kl, _ = block_kl(pulled, hp.eps, n_pad, keys)
     beta = ffn_beta(kl, mask, hp)
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
-def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarray):
-    """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``."""
+def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarray,
+             plan: tiling.TilePlan | None = None):
+    """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``.
+
+    Returns ``(φ, β, KL)``; β and KL are None when tiled (``plan``)."""
     n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
     grad, (beta, kl) = jax.grad(phi_energy, has_aux=True)(
         jax.lax.stop_gradient(phi), jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sigma), gens, mask,
-        hp, exp_fn, n_pad,
+        hp, exp_fn, n_pad, plan,
     )
     new = phi - hp.phi_lr * jax.lax.stop_gradient(grad)
     norm = jnp.linalg.norm(new, axis=-1, keepdims=True)

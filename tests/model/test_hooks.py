@@ -12,7 +12,8 @@ from flax import nnx
 
 from gaugeformer.model.common import maybe_norm
 from gaugeformer.model.lm import run_with_cache, run_with_hooks
-from gaugeformer.model.sow import ALL, NOTHING, ActivationCache, SowConfig, resolve, split_sigma, valid_hook_names
+from gaugeformer.model.sow import ALL, NOTHING, ActivationCache, SowConfig, resolve, valid_hook_names
+from gaugeformer.ops.blocks import split_sigma
 from gaugeformer.ops.masks import valid_keys
 from gaugeformer.ops.precision import logits_matmul
 from gaugeformer.testing import rel_err, tiny_config, tiny_model
@@ -55,7 +56,7 @@ def _downstream_of_block0(model, mu, sigma_merged, phi):
     """Block 1, final norm and output projection run by hand from a belief after block 0."""
     cfg = model.cfg
     mu_prior = model.embed(TOKENS)[3]
-    mu, _, _, _, _ = model.blocks[1](mu, split_sigma(sigma_merged, cfg.layout), phi, mu_prior, _mask(cfg),
+    mu, _, _, _ = model.blocks[1](mu, split_sigma(sigma_merged, cfg.layout), phi, mu_prior, _mask(cfg),
                                      train=False, sow=NOTHING)
     return mu, logits_matmul(maybe_norm(model.final_norm, mu), model.output_weight, cfg.logits_precision)
 

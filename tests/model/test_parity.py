@@ -11,6 +11,10 @@ forward tensors 1e-5 relative to max|ref|, loss terms 1e-5, gradients 1e-4 relat
 * ``*log_sigma*`` gradients at 1e-3 relative: T_A's ``base_log_sigma_diag`` gradient (norm 2.4e-3) is
   reached only through those KLs (measured 2.8e-4).
 * ``attn_kl_grad_L1`` / ``fwa_kl_last`` (A) and ``fwa_ffn_phi_out_last`` (D) at 2e-5.
+
+Tiling is exact: the fixtures run with the default tile (one tile at N = 32) and again with tiles of 8 and 16
+tokens (``attention_tile``), where every non-pairwise forward tensor (captured without the pairwise hooks, so
+attention, the VFE FFN and the φ step run in tiles), every loss term and every gradient must match too.
 """
 
 from pathlib import Path
@@ -23,24 +27,36 @@ from flax import nnx
 from gaugeformer.convert.reference import map_torch_key
 from gaugeformer.loss import cross_entropy, free_energy_loss
 from gaugeformer.model.lm import run_with_cache
+from gaugeformer.model.sow import SowConfig
 from gaugeformer.testing import golden_error, golden_to_hook, load_reference_fixture
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 NAMES = ("A_v256", "D_v256", "G_v256", "T_A_v256")
 _CACHE: dict = {}
+# (fixture, tile) pairs run with tiles smaller than N = 32; the rest of the grid is marked slow
+TILED = [("T_A_v256", 8)]
+TILED_SLOW = [("A_v256", 8), ("A_v256", 16), ("D_v256", 8), ("D_v256", 16), ("G_v256", 8), ("G_v256", 16),
+              ("T_A_v256", 16)]
+BELIEFS_ONLY = SowConfig(attention=False, ffn=False, beliefs=True)  # no pairwise hook: the model runs tiled
+PAIRWISE = ("hook_pattern", "hook_kl", "hook_attn_scores")
 
 
-def outputs(name: str):
-    """Run the three regimes once per fixture (jitted) and cache everything."""
-    if name in _CACHE:
-        return _CACHE[name]
-    model, cfg, golden = load_reference_fixture(FIXTURES / name)
+def outputs(name: str, tile: int | None = None):
+    """Run the three regimes once per fixture and tile (jitted) and cache everything.
+
+    ``tile=None`` keeps the config's default tile and captures every hook; a tile captures only the
+    non-pairwise hooks (a pairwise hook would switch the modules to their full-matrix path)."""
+    if (name, tile) in _CACHE:
+        return _CACHE[name, tile]
+    model, cfg, golden = load_reference_fixture(FIXTURES / name, **({} if tile is None else
+                                                                   {"attention_tile": tile}))
     tokens, targets = golden["tokens"], golden["targets"]
+    sow = SowConfig() if tile is None else BELIEFS_ONLY
 
     @nnx.jit
     def forwards(m, t):
-        return (run_with_cache(m, t), run_with_cache(m, t, train=True),
-                run_with_cache(m, t, train=True, training_forward=True))
+        return (run_with_cache(m, t, sow=sow), run_with_cache(m, t, train=True, sow=sow),
+                run_with_cache(m, t, train=True, training_forward=True, sow=sow))
 
     (lg0, c0), (lg1, c1), (lg2, c2) = forwards(model, tokens)
     caches = {"nograd": {**c0, "logits": lg0}, "grad": {**c1, "logits": lg1},
@@ -54,7 +70,7 @@ def outputs(name: str):
     (loss, metrics), grads = loss_and_grad(model, tokens, targets)
     out = dict(cfg=cfg, golden=golden, caches=jax.device_get(caches), loss=float(loss),
                metrics={k: float(v) for k, v in metrics.items()}, grads=nnx.to_pure_dict(grads))
-    _CACHE[name] = out
+    _CACHE[name, tile] = out
     return out
 
 
@@ -79,14 +95,56 @@ def _cases(kind):
     return [pytest.param(n, k, id=f"{n}-{k}") for name in NAMES for n, k in _golden_keys(name, kind)]
 
 
-@pytest.mark.parametrize("name,key", _cases("forward"))
-def test_forward_parity(name, key):
-    out = outputs(name)
+def _check_forward(out, key):
     regime, hook = golden_to_hook(key, out["cfg"].n_layers)
     ours, ref = out["caches"][regime][hook], out["golden"][key]
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     _, err, tol = golden_error(key, ours, ref)
     assert err <= tol, (err, tol)
+
+
+def _check_loss(out, key):
+    ref = float(out["golden"][key])
+    if key == "train_loss_total":
+        ours = out["loss"]
+    else:
+        metric = key[len("train_metric_"):].replace("_", "/", 1)
+        ours = out["metrics"][metric]
+    _, err, tol = golden_error(key, ours, ref)
+    assert err <= tol, (ours, ref)
+
+
+def _check_gradient(out, key):
+    node = out["grads"]
+    for p in map_torch_key(key.split("_", 1)[1]):
+        node = node[p]
+    _, err, tol = golden_error(key, np.asarray(node), out["golden"][key])
+    assert err <= tol, (err, tol)
+
+
+def _tiled_cases():
+    cases = []
+    for grid, marks in ((TILED, ()), (TILED_SLOW, (pytest.mark.slow,))):
+        for name, tile in grid:
+            n_layers = 1 if name.startswith("D") else 2
+            for kind in ("forward", "loss", "grad"):
+                for _, key in _golden_keys(name, kind):
+                    if kind == "forward" and golden_to_hook(key, n_layers)[1].endswith(PAIRWISE):
+                        continue
+                    cases.append(pytest.param(name, tile, kind, key, marks=marks, id=f"{name}-T{tile}-{key}"))
+    return cases
+
+
+@pytest.mark.parametrize("name,key", _cases("forward"))
+def test_forward_parity(name, key):
+    _check_forward(outputs(name), key)
+
+
+@pytest.mark.parametrize("name,tile,kind,key", _tiled_cases())
+def test_tiled_parity(name, tile, kind, key):
+    """Forward (non-pairwise tensors), loss terms and gradients with tiles smaller than N."""
+    check = {"forward": _check_forward, "loss": _check_loss, "grad": _check_gradient}[kind]
+    check(outputs(name, tile), key)
 
 
 @pytest.mark.parametrize("name,key", _cases("other"))
@@ -106,25 +164,12 @@ def test_other_keys_parity(name, key):
 
 @pytest.mark.parametrize("name,key", _cases("loss"))
 def test_loss_parity(name, key):
-    out = outputs(name)
-    ref = float(out["golden"][key])
-    if key == "train_loss_total":
-        ours = out["loss"]
-    else:
-        metric = key[len("train_metric_"):].replace("_", "/", 1)
-        ours = out["metrics"][metric]
-    _, err, tol = golden_error(key, ours, ref)
-    assert err <= tol, (ours, ref)
+    _check_loss(outputs(name), key)
 
 
 @pytest.mark.parametrize("name,key", _cases("grad"))
 def test_gradient_parity(name, key):
-    out = outputs(name)
-    node = out["grads"]
-    for p in map_torch_key(key.split("_", 1)[1]):
-        node = node[p]
-    _, err, tol = golden_error(key, np.asarray(node), out["golden"][key])
-    assert err <= tol, (err, tol)
+    _check_gradient(outputs(name), key)
 
 
 def test_every_golden_key_is_tested():

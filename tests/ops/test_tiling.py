@@ -1,0 +1,185 @@
+"""Tiled attention, VFE FFN and φ step equal the untiled (full-matrix) computations: forward and gradients.
+
+Tiles of 3, 4 and 5 tokens on N = 13 (so the last block is padded, and with 3 tiles the causal skipping has
+whole tiles to skip), every mask pattern, ALiBi, self-masking, diagonal covariances, both transports and both
+causal modes (strict, and the reference's floor applied after normalisation to masked keys too).  Float64
+checks the algebra to 1e-10 relative; float32 checks that tiling adds no more than rounding.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gaugeformer.ops import attention as att
+from gaugeformer.ops import so3, tiling, vfe
+from gaugeformer.ops.attention_tiled import attention_tiled, stats_full
+from gaugeformer.ops.gaussian import taylor4_logabsdet
+from gaugeformer.ops.masks import valid_keys
+from gaugeformer.ops.transport import expm, frames
+
+B, N, H, D = 2, 13, 2, 3
+
+SLOW = pytest.mark.slow
+CASES = [  # (pattern, window, mask_self, alibi, floor, transport, diagonal); the default run keeps three
+    pytest.param("full", 24, False, None, None, "exact", False, marks=SLOW),
+    pytest.param("full", 24, False, None, 1e-8, "taylor4", False, marks=SLOW),
+    pytest.param("local", 6, False, -0.1, None, "taylor4", False, marks=SLOW),
+    pytest.param("local", 6, True, -0.1, 1e-8, "exact", False, marks=SLOW),
+    pytest.param("strided", 4, False, 0.2, None, "exact", False, marks=SLOW),
+    ("strided", 4, True, None, 1e-8, "taylor4", False),
+    ("full", 24, True, -0.1, None, "exact", True),
+    pytest.param("local", 6, False, None, 1e-8, "taylor4", True, marks=SLOW),
+]
+
+
+def inputs(dtype, seed=0, transport="exact", diagonal=False):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(B, N, H, D)) + 1.0
+    a = rng.normal(size=(B, N, H, D, D)) * 0.4
+    sigma = a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(D)
+    if diagonal:
+        sigma = np.diagonal(sigma, axis1=-2, axis2=-1)
+    phi = jnp.asarray(rng.normal(size=(B, N, 3)) * 0.6, dtype)
+    e, f = frames(phi, jnp.asarray(so3.generators(D, "e3nn"), dtype), transport)
+    e, f = (jnp.broadcast_to(x[:, :, None], (B, N, H, D, D)) for x in (e, f))
+    lad = None
+    if transport == "taylor4":
+        lad = jnp.broadcast_to(taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), 1)[:, :, None], (B, N, H))
+    return jnp.asarray(mu, dtype), jnp.asarray(sigma, dtype), e, f, lad
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def untiled(mu, sigma, e, f, lad, pattern, window, mask_self, alibi, floor):
+    """The full-matrix path of GaugeAttention (reference implementation for the tiled one)."""
+    mask = valid_keys(N, pattern, window, mask_self)
+    if sigma.ndim == 4:
+        kl, mu_t, var_t = att.kl_diagonal(mu, sigma, e, f, 1e-6)
+    else:
+        kl = att.kl_factorized(mu, sigma, e, f, lad, 1e-6, 1e-6)
+    beta = att.attention_weights(att.attention_logits(kl, 1.5, mask, alibi), floor)
+    if sigma.ndim == 4:
+        mean, cov = att.aggregate_diagonal(beta, mu_t, var_t)
+    else:
+        mean, cov = att.aggregate_factorized(beta, mu, sigma, e, f)
+    return mean, cov, stats_full(beta, kl)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9, 10))
+def tiled(mu, sigma, e, f, lad, pattern, window, mask_self, alibi, floor, tile):
+    return attention_tiled(mu, sigma, e, f, lad, kappa=1.5, alibi_slope=alibi, floor=floor, eps=1e-6,
+                           eps_log=1e-6, evolve_sigma=True, tile=tile, pattern=pattern, window=window,
+                           mask_self=mask_self)
+
+
+def scalar(out):
+    """A scalar touching every output (for gradients), weighted so no term cancels by symmetry."""
+    mean, cov, st = out
+    w = jnp.arange(1, mean.size + 1, dtype=mean.dtype).reshape(mean.shape) / mean.size
+    return (jnp.sum(w * mean) + 0.1 * jnp.sum(jnp.sin(cov)) + 1e-2 * jnp.sum(st.beta_kl)
+            + 1e-2 * jnp.sum(st.kl_sum))
+
+
+def _close(a, b, rtol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert x.shape == y.shape
+        np.testing.assert_allclose(x, y, rtol=0, atol=rtol * (np.abs(y).max() + 1e-30))
+
+
+@pytest.mark.parametrize("pattern,window,mask_self,alibi,floor,transport,diagonal", CASES)
+def test_tiled_attention_equals_untiled(pattern, window, mask_self, alibi, floor, transport, diagonal):
+    mask_args = (pattern, window, mask_self, alibi, floor)
+    with jax.enable_x64(True):
+        args = inputs(jnp.float64, transport=transport, diagonal=diagonal)
+        ref = untiled(*args, *mask_args)
+        ref_grad = jax.grad(lambda m, s: scalar(untiled(m, s, *args[2:], *mask_args)), (0, 1))(*args[:2])
+        for tile in (3, None):  # 3: padded last block and skipped tiles; None: one tile
+            _close(tiled(*args, *mask_args, tile), ref, 1e-10)
+            grad = jax.grad(lambda m, s: scalar(tiled(m, s, *args[2:], *mask_args, tile)), (0, 1))(*args[:2])
+            _close(grad, ref_grad, 1e-10)
+    args = inputs(jnp.float32, transport=transport, diagonal=diagonal)
+    ref = untiled(*args, *mask_args)
+    _close(tiled(*args, *mask_args, 4), ref, 2e-6)
+    ref_grad = jax.grad(lambda m, s: scalar(untiled(m, s, *args[2:], *mask_args)), (0, 1))(*args[:2])
+    grad = jax.grad(lambda m, s: scalar(tiled(m, s, *args[2:], *mask_args, 4)), (0, 1))(*args[:2])
+    _close(grad, ref_grad, 2e-5)
+
+
+def test_causal_tiles_are_skipped_only_without_a_floor():
+    strict = tiling.make_plan(64, 8, "full", skip=True)
+    assert strict.visit.sum() == 8 * 9 // 2  # the lower triangle of 8×8 tiles
+    assert tiling.make_plan(64, 8, "local", window=8, skip=True).visit.sum() == 8 + 7
+    assert tiling.make_plan(64, 8, "full", skip=False).visit.all()
+    # skipped keys per row: row 0 skips the 56 keys of blocks 1..7; the last block skips none
+    counts = strict.skipped_keys()
+    assert counts[0] == 56 and counts[63] == 0
+
+
+def test_floor_reaches_masked_keys_in_tiles():
+    """The reference floor: every masked key carries the floor (row sums >= 1 + #masked·floor; without the
+    masked keys' floor the sum would be 1 + the lift of small allowed weights, ~N + 0.01 here)."""
+    with jax.enable_x64(True):
+        args = inputs(jnp.float64)
+        _, _, st = tiled(*args, "full", 24, False, None, 1e-3, 4)
+        _, _, ref = untiled(*args, "full", 24, False, None, 1e-3)
+        masked = N * (N - 1) / 2
+        assert np.all(np.asarray(st.beta_sum) >= N + 1e-3 * masked)
+        np.testing.assert_allclose(st.beta_sum, ref.beta_sum, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- VFE FFN
+
+# slow (2-4 min each on the loaded 2-core machine); the default suite checks the tiled FFN through
+# tests/model/test_tiled_model.py and the tiled parity cases
+FFN_CASES = [pytest.param("full", 1e-6, False, marks=SLOW), pytest.param("full", None, True, marks=SLOW),
+             pytest.param("local", 1e-6, False, marks=SLOW), pytest.param("strided", None, True, marks=SLOW)]
+
+
+def ffn_inputs(dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    mu = jnp.asarray(rng.normal(size=(B, N, H, D)) * 0.5, dtype)
+    a = rng.normal(size=(B, N, H, D, D)) * 0.3
+    sigma = jnp.asarray(a @ np.swapaxes(a, -1, -2) + 0.6 * np.eye(D), dtype)
+    phi = jnp.asarray(rng.normal(size=(B, N, 3)) * 0.5, dtype)
+    gens = jnp.asarray(np.stack([so3.generators(D, "e3nn")] * H), dtype)
+    return mu, sigma, phi, gens
+
+
+@pytest.mark.parametrize("pattern,floor,query_role", FFN_CASES)
+def test_tiled_vfe_iteration_and_phi_step_equal_untiled(pattern, floor, query_role):
+    hp = vfe.VFEParams(alpha=0.5, kappa=1.3, beta_floor=floor, coupling_sign=-1.0, phi_grad_query_role=query_role)
+    valid = np.ones((H, D), bool)
+    mask = valid_keys(N, pattern, 6)
+    with jax.enable_x64(True):
+        mu, sigma, phi, gens = ffn_inputs(jnp.float64)
+        mu_p, sig_p = mu * 0.9, sigma * 1.1  # the prior (closed over by run, late-bound)
+
+        def run(mu, sigma, phi, plan):
+            m, s, _, _ = vfe.vfe_iteration(mu, sigma, vfe.rotations(gens, phi, expm), mu_p, sig_p, mask, 0.1, hp,
+                                           valid, plan=plan)
+            new_phi, _, _ = vfe.phi_step(phi, m, s, gens, mask, hp, expm, valid, plan=plan)
+            return m, s, new_phi
+
+        def loss(mu, sigma, phi, plan):
+            m, s, p = run(mu, sigma, phi, plan)
+            return jnp.sum(jnp.sin(m)) + jnp.sum(s * s) + jnp.sum(p)
+
+        ref = run(mu, sigma, phi, None)
+        ref_grad = jax.grad(loss, (0, 1, 2))(mu, sigma, phi, None)
+        for tile in (3,):
+            plan = vfe.ffn_plan(N, tile, pattern, 6, False, hp)
+            _close(run(mu, sigma, phi, plan), ref, 1e-10)
+            _close(jax.grad(loss, (0, 1, 2))(mu, sigma, phi, plan), ref_grad, 1e-10)
+        # the φ step's energy gradient itself, tiled vs full
+        n_pad = jnp.zeros((H,))
+        plan = vfe.ffn_plan(N, 4, pattern, 6, False, hp)
+        e_ref = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, expm, n_pad)[0])(phi)
+        e_til = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, expm, n_pad, plan)[0])(phi)
+        _close(e_til, e_ref, 1e-10)
+    mu, sigma, phi, gens = ffn_inputs(jnp.float32)
+    mu_p, sig_p = mu * 0.9, sigma * 1.1
+    plan = vfe.ffn_plan(N, 4, pattern, 6, False, hp)
+    _close(run(mu, sigma, phi, plan), run(mu, sigma, phi, None), 1e-5)
