@@ -3,6 +3,7 @@
     import gaugeformer as gf
     loaded = gf.load("runs/tiny")             # a reference .pt, a converted or a training run dir
     logits, cache = gf.run_with_cache(loaded.model, loaded.tokenizer.encode("The cat")[None])
+    gf.generate(loaded, "The cat", max_new_tokens=20, temperature=0)
 """
 
 from gaugeformer.capture import Intermediates, capture
@@ -10,8 +11,7 @@ from gaugeformer.config import ModelConfig
 from gaugeformer.data.tokenizer import get_tokenizer
 from gaugeformer.loading import Loaded, load
 from gaugeformer.model.lm import GaugeTransformerLM, run_with_cache, run_with_hooks
+from gaugeformer.sampling import generate
 
-# (``generate`` is left to the module of that name: a function here would shadow the submodule
-# ``gaugeformer.generate`` that ``import gaugeformer.generate as G`` and the tests rely on.)
-__all__ = ["GaugeTransformerLM", "Intermediates", "Loaded", "ModelConfig", "capture",
+__all__ = ["GaugeTransformerLM", "Intermediates", "Loaded", "ModelConfig", "capture", "generate",
            "get_tokenizer", "load", "run_with_cache", "run_with_hooks"]

@@ -1,9 +1,9 @@
 """Command lines of the library: ``gaugeformer-train``, ``-convert``, ``-generate``, ``-sweep``,
 ``-bench`` (the attention tools are in :mod:`diagnostics.cli`).  ``scripts/*.py`` wrap these.
 
-Each is an argparse parser and one call.  ``generate``, ``sweep`` and ``bench`` run modules other
-work adds (``gaugeformer.generate``, ``diagnostics.sweep``, ``gaugeformer.bench``); they are
-imported when the command runs, and a missing one is reported as such.
+Each is an argparse parser and one call.  ``sweep`` runs :mod:`diagnostics.sweep` (the sweep measures
+runs with the diagnostics' attribution, and the library never imports its consumer at import time);
+it is imported by name when the command runs, and a missing module is reported as such.
 """
 
 from __future__ import annotations
@@ -14,10 +14,14 @@ import json
 import sys
 from collections.abc import Sequence
 
+from gaugeformer.bench import main as bench_main
 from gaugeformer.convert.convert import run as convert_run
 from gaugeformer.convert.recover import ConversionError, require_yaml_or_json
-from gaugeformer.train.config import ConfigError, load_run_config
-from gaugeformer.train.loop import enable_compilation_cache, train_and_evaluate
+from gaugeformer.data.tokenizer import TOKENIZER_NAMES, get_tokenizer
+from gaugeformer.loading import load
+from gaugeformer.sampling import generate as sample
+from gaugeformer.train.config import ConfigError, build_run_config, load_run_config
+from gaugeformer.train.loop import enable_compilation_cache, load_data, train_and_evaluate
 
 TRAIN_DOC = """Train a gauge transformer from a YAML run file; rerunning on the same workdir resumes.
 
@@ -134,9 +138,58 @@ def _delegate(module: str, what: str, argv: Sequence[str] | None) -> int:
     return int(mod.main(argv) or 0)
 
 
+def load_for_generation(path: str, tokenizer: str | None = None):
+    """``(model, tokenizer)`` of a checkpoint (run dir, ``checkpoints/``, ``best/``, step dir).
+
+    The tokenizer is the run's (``data.tokenizer``); a restricted vocabulary's kept ids are
+    rebuilt from the run's training corpus when the checkpoint does not record them (checkpoints
+    written before the tokenizer record); otherwise ``gf.load``'s tokenizer.
+    """
+    loaded = load(path)  # the checkpoint's own tokenizer record (kept ids included) when it has one
+    model, meta = loaded.model, loaded.meta
+    if tokenizer is None and loaded.tokenizer is not None:
+        return model, loaded.tokenizer
+    run = meta.get("run_config")
+    kind = tokenizer or (run or {}).get("data", {}).get("tokenizer")
+    if kind is None:
+        raise SystemExit(f"{path}: the checkpoint names no tokenizer; pass --tokenizer "
+                         f"{'|'.join(TOKENIZER_NAMES)}")
+    tok = get_tokenizer(kind)
+    if tok.n_vocab == model.cfg.vocab_size:
+        return model, tok
+    if run is None:
+        raise SystemExit(f"{path}: the model has {model.cfg.vocab_size} ids, the {kind} tokenizer "
+                         f"{tok.n_vocab}, and the checkpoint has no run config to rebuild the "
+                         "restricted vocabulary from; use --ids")
+    data = load_data(build_run_config(run).data)
+    return model, get_tokenizer(kind, kept_ids=data.vocab_map.kept_ids,
+                                vocab_size=model.cfg.vocab_size)
+
+
 def generate(argv: Sequence[str] | None = None) -> int:
-    """``gaugeformer-generate``: sample text from a checkpoint (:mod:`gaugeformer.generate`)."""
-    return _delegate("gaugeformer.generate", "text generation", argv)
+    """``gaugeformer-generate``: sample text from a checkpoint (:mod:`gaugeformer.sampling`)."""
+    parser = argparse.ArgumentParser(prog="gaugeformer-generate", description="Sample text from a trained gauge transformer (a training run's checkpoint).")
+    parser.add_argument("checkpoint", help="training run directory or checkpoint step directory")
+    parser.add_argument("prompt", nargs="?", help="text prompt")
+    parser.add_argument("--ids", type=int, nargs="+", help="prompt as token ids (prints ids)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="override the run's")
+    args = parser.parse_args(argv)
+    if (args.prompt is None) == (args.ids is None):
+        parser.error("give either a text prompt or --ids")
+    model, tok = load_for_generation(args.checkpoint, args.tokenizer)
+    try:
+        out = sample(model, args.prompt if args.ids is None else args.ids, tokenizer=tok,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    print(out if isinstance(out, str) else " ".join(map(str, out)))
+    return 0
 
 
 def sweep(argv: Sequence[str] | None = None) -> int:
@@ -146,4 +199,4 @@ def sweep(argv: Sequence[str] | None = None) -> int:
 
 def bench(argv: Sequence[str] | None = None) -> int:
     """``gaugeformer-bench``: the performance benchmark (:mod:`gaugeformer.bench`)."""
-    return _delegate("gaugeformer.bench", "the benchmark", argv)
+    return int(bench_main(argv) or 0)

@@ -55,7 +55,7 @@ def attention_metrics(st: AttentionStats, n: int) -> dict:
 
 
 def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lambda_beta: float = 1.0,
-                     train: bool = True, beta_override=None):
+                     train: bool = True, beta_override=None, sow=None):
     """Loss and metrics of one batch through the model's training forward.
 
     Args:
@@ -65,13 +65,15 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
       lambda_beta: belief-alignment weight.
       train: run the FFN's φ step (the reference computes its loss in grad mode).
       beta_override: forwarded to the model (ablations).
+      sow: which hooks the forward records under ``nnx.capture`` (default: all there, none outside).
 
     Returns:
       ``(loss, metrics)`` with the reference's metric names (``loss/total``, ``loss/ce``, …).
     """
     cfg = model.cfg
     alpha = cfg.alpha if alpha is None else alpha
-    logits, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override)
+    logits, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override,
+                               sow=sow)
     ce = cross_entropy(logits, targets)
     align = lambda_beta * jnp.mean(st.attn.beta_kl)
     mu_q = blocks.split_mu(st.mu, cfg.layout)

@@ -11,8 +11,7 @@ from gaugeformer import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-DELEGATED = {"gaugeformer-generate": "gaugeformer.generate",
-             "gaugeformer-sweep": "gaugeformer.train.sweep", "gaugeformer-bench": "gaugeformer.bench"}
+DELEGATED = {"gaugeformer-sweep": "diagnostics.sweep"}  # the library reaches diagnostics by name only
 
 
 def _entry(name: str):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gaugeformer import generate as gen
+from gaugeformer import sampling as gen
 from gaugeformer.config import PROFILES, ModelConfig
 from gaugeformer.data.tokenizer import ByteTokenizer, get_tokenizer
 from gaugeformer.model.lm import GaugeTransformerLM

@@ -57,7 +57,7 @@ from gaugeformer.data.text import (
 from gaugeformer.data.vocab import ModelTokenizer
 from gaugeformer.loss import free_energy_loss
 from gaugeformer.model.lm import GaugeTransformerLM
-from gaugeformer.model.sow import flatten
+from gaugeformer.model.sow import SowConfig, flatten
 from gaugeformer.train import metrics as mlib
 from gaugeformer.train.config import ConfigError, DataConfig, RunConfig
 from gaugeformer.train.integrations import GracefulInterrupt, StepProfiler, open_tensorboard
@@ -80,10 +80,22 @@ class LossWeights:
     lambda_beta: float = 1.0
 
 
+def step_hooks(cfg: ModelConfig, n: int) -> SowConfig:
+    """The hooks a train step records.  Every hook while the sequence fits one attention tile (the
+    per-layer β/KL statistics then cost no extra memory); only the belief hooks once it spans several
+    tiles, so the step runs tiled in O(N) memory (per-layer attention statistics come from the
+    evaluations' fixed sequence instead)."""
+    if cfg.attention_tile is None or n <= cfg.attention_tile:
+        return SowConfig()
+    return SowConfig(attention=False, ffn=False, beliefs=True)
+
+
 def _loss_with_hooks(model, x, y, weights: LossWeights, train: bool):
+    sow = step_hooks(model.cfg, x.shape[-1])
+
     def run(m):
         return free_energy_loss(m, x, y, alpha=weights.alpha, lambda_beta=weights.lambda_beta,
-                                train=train)
+                                train=train, sow=sow)
 
     (loss, metrics), state = nnx.capture(run, nnx.Intermediate)(model)
     return loss, (metrics, flatten(nnx.to_pure_dict(state)))

@@ -64,14 +64,17 @@ def _masked_stats(x: Array, mask: np.ndarray) -> tuple[Array, Array, Array, Arra
     return mean, std, jnp.where(mask, x, jnp.inf).min(), jnp.where(mask, x, -jnp.inf).max()
 
 
-def diversity_metrics(mu: Array, phi: Array, sigma: Array | None, kl_last: Array) -> dict:
+DIVERSITY_TOKENS = 256  # the pairwise diversity tracker looks at the first 256 tokens: O(1) memory in N
+
+
+def diversity_metrics(mu: Array, phi: Array, sigma: Array | None, kl_last: Array | None) -> dict:
     """Seed-001 diversity tracker on one sequence (ref-diagnostics §6.3).
 
     Args:
       mu: ``[N, K]`` embedded means (positional embedding included, as the reference).
       phi: ``[N, 3]`` token frames before positional composition.
       sigma: ``[N, K, K]`` embedded covariances, or ``None``.
-      kl_last: ``[H, N, N]`` KL of the last layer.
+      kl_last: ``[H, N, N]`` KL of the last layer (None: the step ran tiled; no KL statistics).
 
     Returns:
       ``diversity/*`` scalars.
@@ -81,16 +84,15 @@ def diversity_metrics(mu: Array, phi: Array, sigma: Array | None, kl_last: Array
     diff = mu[:, None, :] - mu[None, :, :]
     dist = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-30))
     d_mean, d_std, _, _ = _masked_stats(dist, off)
-    k_mean, k_std, k_min, k_max = _masked_stats(kl_last.mean(0), off)
     out = {
         "diversity/mu_dist_mean": d_mean,
         "diversity/mu_dist_std": d_std,
         "diversity/phi_std": jnp.mean(jnp.std(phi, axis=0, ddof=1)),
-        "diversity/kl_mean": k_mean,
-        "diversity/kl_std": k_std,
-        "diversity/kl_min": k_min,
-        "diversity/kl_max": k_max,
     }
+    if kl_last is not None:
+        k_mean, k_std, k_min, k_max = _masked_stats(kl_last.mean(0), off)
+        out.update({"diversity/kl_mean": k_mean, "diversity/kl_std": k_std,
+                    "diversity/kl_min": k_min, "diversity/kl_max": k_max})
     if sigma is not None:
         d = jnp.diagonal(sigma, axis1=-2, axis2=-1)
         s_mean, s_std, s_min, s_max = _masked_stats(d, np.ones(d.shape, bool))
@@ -164,17 +166,20 @@ def step_metrics(cfg: ModelConfig, optim_cfg: optim.OptimConfig, loss_metrics: d
     out["ppl"] = jnp.exp(loss_metrics["loss/ce"])
     out.update(learning_rates(optim_cfg.update_index(step), optim_cfg))
     out.update(grad_norms(grads, optim_cfg.clean_groups))
-    n = hooks["blocks.0.attn.hook_pattern"].shape[-1]
-    mask = model_valid_keys(cfg, n)
-    for layer in range(cfg.n_layers):
-        beta = hooks[f"blocks.{layer}.attn.hook_pattern"]
-        kl = hooks.get(f"blocks.{layer}.attn.hook_kl")
-        for k, v in layer_attention_stats(beta, kl, mask).items():
-            out[f"attn/L{layer}/{k}"] = v
-    last_kl = hooks[f"blocks.{cfg.n_layers - 1}.attn.hook_kl"][0]
+    last_kl = None
+    if "blocks.0.attn.hook_pattern" in hooks:  # absent when the step ran tiled (step_hooks)
+        n = hooks["blocks.0.attn.hook_pattern"].shape[-1]
+        mask = model_valid_keys(cfg, n)
+        for layer in range(cfg.n_layers):
+            beta = hooks[f"blocks.{layer}.attn.hook_pattern"]
+            kl = hooks.get(f"blocks.{layer}.attn.hook_kl")
+            for k, v in layer_attention_stats(beta, kl, mask).items():
+                out[f"attn/L{layer}/{k}"] = v
+        last_kl = hooks[f"blocks.{cfg.n_layers - 1}.attn.hook_kl"][0, :, :DIVERSITY_TOKENS, :DIVERSITY_TOKENS]
     sigma = hooks.get("embed.hook_sigma")
-    out.update(diversity_metrics(hooks["embed.hook_mu"][0], hooks["embed.hook_phi"][0],
-                                 None if sigma is None else sigma[0], last_kl))
+    t = DIVERSITY_TOKENS
+    out.update(diversity_metrics(hooks["embed.hook_mu"][0, :t], hooks["embed.hook_phi"][0, :t],
+                                 None if sigma is None else sigma[0, :t], last_kl))
     out.update(finite_flags(loss_metrics, grads, hooks))
     return out
 

@@ -210,4 +210,4 @@ def test_report_carries_uniformity_and_measured_scenarios(tmp_path):
     assert back["layers"][0]["heads"] == heads
     # the same layer numbers without the attribution would have guessed scenario 3
     guessed = match_scenarios(0.0, 0.0, 0.5, ["ℓ0", "ℓ0", "ℓ0", "ℓ1", "ℓ2"])
-    assert [s.number for s in guessed] == [3]
+    assert 3 in [s.number for s in guessed]

@@ -23,12 +23,9 @@ TOKENS = jnp.asarray(np.random.default_rng(1).integers(0, 64, size=(2, N)), jnp.
 RNG = np.random.default_rng(2)
 MLP = dict(ffn="mlp", profile="clean")
 # Hooks whose patch must reach the logits: everything before and in block 0 (block 1's Σ / φ and the final Σ
-# only feed later layers or the loss).  The attention's and FFN's own call sites are not yet written as
-# ``x = hook(...)`` in dataflow order on this branch: those patches are expected to fail until they are.
+# only feed later layers or the loss).
 PATCHABLE = [n for n in valid_hook_names(tiny_config(**MLP))
              if not n.startswith("blocks.1.") and n != "hook_sigma_final"]
-NOT_WIRED = {"blocks.0.attn.hook_mu_in", "blocks.0.attn.hook_attn_scores", "blocks.0.attn.hook_kl",
-             "blocks.0.attn.hook_mu_out", "blocks.0.attn.hook_sigma_out", "blocks.0.ffn.hook_mu_out"}
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +232,6 @@ def test_mu_sigma_phi_patch_after_block0_equals_block1_run_by_hand(mlp):
 
 
 @pytest.mark.parametrize("name", ["blocks.0.attn.hook_kl", "blocks.0.attn.hook_attn_scores"])
-@pytest.mark.xfail(strict=False, reason="needs dataflow-ordered hooks in attention.py")
 def test_kl_or_score_patch_sets_beta(mlp, name):
     """KL ≡ 0 (or scores ≡ 0 on allowed keys) makes β uniform over the allowed keys (clean profile)."""
     model = mlp[0]
@@ -274,10 +270,7 @@ def scaled(mlp):
     return run
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(
-        strict=False, reason="needs dataflow-ordered hooks in attention.py and ffn.py")) if n in NOT_WIRED else n
-    for n in PATCHABLE])
+@pytest.mark.parametrize("name", PATCHABLE)
 def test_every_hook_is_an_intervention_point(scaled, name):
     base = scaled(jnp.zeros(len(PATCHABLE)))
     patched = scaled(jnp.zeros(len(PATCHABLE)).at[PATCHABLE.index(name)].set(1.0))

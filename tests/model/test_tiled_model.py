@@ -82,3 +82,21 @@ def test_tiled_train_step_has_no_pairwise_array_and_hooks_still_get_full_matrice
     _, cache = run_with_cache(model, tokens, train=True, sow=SowConfig())
     assert cache["blocks.1.attn.hook_pattern"].shape == (2, 3, N, N)
     assert cache["blocks.1.ffn.phistep.hook_kl"].shape == (2, N, N)
+
+
+def test_the_trainers_step_runs_tiled_once_the_sequence_spans_several_tiles():
+    """``train.loop``'s loss (with its per-step hooks) builds no pairwise array when N > tile, and
+    records every hook (β/KL statistics per layer) while N fits one tile."""
+    from gaugeformer.train.loop import LossWeights, _loss_with_hooks, step_hooks
+
+    for tile, pairwise in ((8, False), (N, True)):
+        model, tokens, targets = model_and_batch("reference", tile)
+        graph, state = nnx.split(model)
+
+        def grad(state):
+            return jax.grad(lambda s: _loss_with_hooks(nnx.merge(graph, s), tokens, targets,
+                                                       LossWeights(), True)[0])(state)
+
+        big = [s for s in _shapes(jax.make_jaxpr(grad)(state).jaxpr) if sum(d >= N for d in s) >= 2]
+        assert bool(big) == pairwise, (tile, big[:3])
+        assert step_hooks(model.cfg, N).attention == pairwise

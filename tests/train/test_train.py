@@ -243,7 +243,7 @@ def test_orbax_preemption_point_saves_and_stops(tmp_path, monkeypatch):
 
 def test_generate_cli_on_a_run(run_a, capsys):
     """``scripts/generate.py`` on a training run: ids in, ids out (= the library call), text."""
-    from gaugeformer.generate import generate
+    from gaugeformer.sampling import generate
 
     spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" / "generate.py")
     cli = importlib.util.module_from_spec(spec)
