@@ -86,16 +86,30 @@ def kl_features(
     return queries, keys
 
 
-def kl_pairs(q: KLQueries, k: KLKeys) -> Float[Array, "B h N M"]:
-    """``KL_ij`` (before clamping) for every query of ``q`` and key of ``k``: four GEMMs of depth d², d."""
-    d = q.a.shape[-1]
+def _pair_parts(q: KLQueries, k: KLKeys):
+    """``(trace, quad_a, cross, quad_b, logdet)`` of every query-key pair, each ``[B, h, N, M]``."""
     quad_a = pr.einsum("bnhkl,bmhkl->bhnm", q.a[..., :, None] * q.a[..., None, :], k.p)
     cross = pr.einsum("bnhk,bmhk->bhnm", q.a, k.pb)
     trace = pr.einsum("bnhkl,bmhkl->bhnm", q.sig, k.p)
     logdet = (k.ld.transpose(0, 2, 1)[:, :, None, :] - q.ld.transpose(0, 2, 1)[..., None]
               + q.lde.transpose(0, 2, 1)[..., None])
     quad_b = k.quad_b.transpose(0, 2, 1)[:, :, None, :]
+    return trace, quad_a, cross, quad_b, logdet
+
+
+def kl_pairs(q: KLQueries, k: KLKeys) -> Float[Array, "B h N M"]:
+    """``KL_ij`` (before clamping) for every query of ``q`` and key of ``k``: four GEMMs of depth d², d."""
+    d = q.a.shape[-1]
+    trace, quad_a, cross, quad_b, logdet = _pair_parts(q, k)
     return 0.5 * (trace + quad_a - 2.0 * cross + quad_b - d + logdet)
+
+
+def kl_pair_terms(q: KLQueries, k: KLKeys) -> dict[str, Float[Array, "B h N M"]]:
+    """:func:`kl_pairs` split into its ``trace`` (``½(tr - d)``), ``mahalanobis`` and ``logdet`` terms."""
+    d = q.a.shape[-1]
+    trace, quad_a, cross, quad_b, logdet = _pair_parts(q, k)
+    return {"trace": 0.5 * (trace - d), "mahalanobis": 0.5 * (quad_a - 2.0 * cross + quad_b),
+            "logdet": 0.5 * logdet}
 
 
 def kl_key_sums(q: KLQueries, ksum: KLKeys, count) -> Float[Array, "B h N"]:

@@ -20,11 +20,10 @@ All functions are pure and per group of equal-dimension heads (``[B, N, h, d]``)
 slots contributing exactly 0 to every term.
 """
 
-import jax
 import jax.numpy as jnp
 
 from gaugeformer.axes import Array, Bool, Float
-from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops import attention as att
 from gaugeformer.ops import small as sm
 
 TERMS = ("trace", "mahalanobis", "logdet")
@@ -46,32 +45,7 @@ def kl_terms(
     reproduces the model's ``hook_kl`` to rounding.  ``e_logabsdet`` is ``log|det E_i|`` (None: orthogonal
     ``E``, ``E⁻¹ = F``).
     """
-    d = mu.shape[-1]
-    s = sm.sandwich(f, sigma)
-    chol_s = jnp.linalg.cholesky(gs.add_eye(s, eps))
-    p = gs.spd_inverse(chol_s)  # [B,M,h,d,d]
-    ld_key = gs.chol_logdet(chol_s, eps_log)  # [B,M,h]
-    b = sm.mv(f, mu)
-    q = gs.add_eye(sigma, eps)
-    ld_query = gs.chol_logdet(jnp.linalg.cholesky(q), eps_log)  # [B,N,h]
-    einv = f if e_logabsdet is None else jnp.linalg.inv(e)
-    a = sm.mv(einv, mu)
-    sigma_hat = sm.sandwich(einv, q)
-    c = jax.lax.stop_gradient(b[:, :1])
-    a, b = a - c, b - c
-    pb = sm.mv(p, b)
-    quad_a = jnp.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], p)
-    cross = jnp.einsum("bnhk,bmhk->bhnm", a, pb)
-    quad_b = jnp.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
-    trace = jnp.einsum("bnhkl,bmhkl->bhnm", sigma_hat, p)
-    logdet = ld_key.transpose(0, 2, 1)[:, :, None, :] - ld_query.transpose(0, 2, 1)[..., None]
-    if e_logabsdet is not None:
-        logdet = logdet + 2.0 * e_logabsdet.transpose(0, 2, 1)[..., None]
-    return {
-        "trace": 0.5 * (trace - d),
-        "mahalanobis": 0.5 * (quad_a - 2.0 * cross + quad_b),
-        "logdet": 0.5 * logdet,
-    }
+    return att.kl_pair_terms(*att.kl_features(mu, sigma, e, f, e_logabsdet, eps, eps_log))
 
 
 def kl_from_terms(terms: dict[str, Float[Array, "B h N M"]]) -> Float[Array, "B h N M"]:
