@@ -28,8 +28,10 @@ test-slow: setup
 
 bench: setup
 	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --seq-len 128 --markdown bench_A.md
-	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --vocab 256 \
-		--sweep 128 256 512 1024 2048 4096 8192 --train-max 2048 --markdown bench_sweep.md
+	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --vocab 256 --repeats 3 \
+		--sweep 128 512 1024 2048 --train-max 2048 --markdown bench_sweep.md
+	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 1 --vocab 256 --repeats 1 \
+		--sweep 8192 --no-train --markdown bench_8192.md
 
 clean:
 	rm -rf $(VENV) .jax_cache
