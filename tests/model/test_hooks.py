@@ -238,7 +238,7 @@ def test_kl_or_score_patch_sets_beta(mlp, name):
     mask = _mask(model.cfg)
 
     def flat(x):
-        return jnp.zeros_like(x) if name.endswith("hook_kl") else jnp.where(mask, 0.0, -jnp.inf)
+        return jnp.zeros_like(x) if name.endswith("hook_kl") else jnp.broadcast_to(jnp.where(mask, 0.0, -jnp.inf), x.shape)
 
     _, cache = run_with_hooks(model, TOKENS, fwd_hooks=[(name, flat)], return_cache=True,
                               names_filter=["blocks.0.attn.hook_pattern"])
