@@ -9,6 +9,7 @@ float32 and float64, per bug and fixture); the default run keeps one case.
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -102,12 +103,12 @@ def _with_config(model, **changes):
 def _wrong_pos_mode(model):
     cfg = model.cfg
     table = sinusoidal_table(cfg.max_seq_len, 3, cfg.pos_encoding_scale)
-    model.pos_phi.value = np.zeros_like(table) if cfg.pos_encoding_mode == "sinusoidal" else table
+    model.pos_phi[...] = jnp.asarray(np.zeros_like(table) if cfg.pos_encoding_mode == "sinusoidal" else table)
     return model
 
 
 def _step_size(model):
-    model.blocks[0].ffn.lr.value = model.blocks[0].ffn.lr.value * 1.02
+    model.blocks[0].ffn.lr[...] = model.blocks[0].ffn.lr[...] * 1.02
     return model
 
 
@@ -197,9 +198,9 @@ def constructed_case(template: str, irreps: str, embed_dim: int, n_tokens: int, 
     cfg = cfg.replace(irreps=irreps, embed_dim=embed_dim, max_seq_len=n_tokens, kl_impl="direct")
     direct = GaugeTransformerLM(cfg, rngs=nnx.Rngs(seed))
     phi = np.asarray(direct.embed.phi_embed.value)
-    direct.embed.phi_embed.value = phi * (phi_norm / np.linalg.norm(phi, axis=-1).mean())
+    direct.embed.phi_embed[...] = jnp.asarray(phi * (phi_norm / np.linalg.norm(phi, axis=-1).mean()))
     log_sigma = direct.embed.base_log_sigma_diag
-    log_sigma.value = log_sigma.value + log_sigma_shift
+    log_sigma[...] = log_sigma[...] + log_sigma_shift
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, cfg.vocab_size, (batch, n_tokens))
     template_golden = {k: v for k, v in template_golden.items() if k not in ("tokens", "targets")}
