@@ -162,9 +162,12 @@ def _bug_cases(default: bool):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("bug,name", _bug_cases(True) + _bug_cases(False))
 def test_wrong_model_fails(bug, name):
-    model, _, _ = load_reference_fixture(FIXTURES / name)
+    model, cfg, _ = load_reference_fixture(FIXTURES / name)
     default = DEFAULT.get(bug) == name
     with64, without = _fixture_verdicts(BUGS[bug](model), name, only_gradients=default)
+    if bug.startswith("phi_lr") and not cfg.evolve_phi:  # G: no φ step, so φ_lr is never used
+        assert V.summarize(with64)["status"] == "pass"
+        return
     worst = max(with64, key=lambda r: r.err64)
     assert V.summarize(with64)["status"] == "fail", f"{bug} passes on {name}"
     assert worst.err64 > 10 * V.TOL64, (worst.key, worst.err64)  # fails by a margin, not by a hair
