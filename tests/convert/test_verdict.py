@@ -200,7 +200,7 @@ def constructed_case(template: str, irreps: str, embed_dim: int, n_tokens: int, 
     _, cfg, template_golden = load_reference_fixture(FIXTURES / template)
     cfg = cfg.replace(irreps=irreps, embed_dim=embed_dim, max_seq_len=n_tokens, kl_impl="direct")
     direct = GaugeTransformerLM(cfg, rngs=nnx.Rngs(seed))
-    phi = np.asarray(direct.embed.phi_embed.value)
+    phi = np.asarray(direct.embed.phi_embed[...])
     direct.embed.phi_embed[...] = jnp.asarray(phi * (phi_norm / np.linalg.norm(phi, axis=-1).mean()))
     log_sigma = direct.embed.base_log_sigma_diag
     log_sigma[...] = log_sigma[...] + log_sigma_shift
