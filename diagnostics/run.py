@@ -45,6 +45,7 @@ from flax import nnx
 
 from gaugeformer import checkpoint as ckpt
 from gaugeformer.capture import capture_jit
+from gaugeformer.data.tokenizer import BYTE_VOCAB, GPT2_N_VOCAB
 from gaugeformer.loading import load, random_model
 from gaugeformer.stats import model_valid_keys
 from gaugeformer.train.loop import enable_compilation_cache
@@ -257,7 +258,7 @@ def run_report(
     if model is not None:
         cfg, desc = model.cfg, "given model"
     else:
-        hint = C.BYTE_VOCAB if tokenizer == "bytes" else C.GPT2_VOCAB
+        hint = BYTE_VOCAB if tokenizer == "bytes" else GPT2_N_VOCAB
         loaded = (load(checkpoint, config=config) if checkpoint is not None
                   else random_model(config, vocab_size=hint, seed=seed))
         model, cfg, desc = loaded.model, loaded.config, loaded.description

@@ -96,7 +96,7 @@ from gaugeformer.convert.recover import (  # noqa: F401 (re-exported: the conver
 )
 from gaugeformer.convert.reference import map_torch_key
 from gaugeformer.convert.verdict import LABELS, TensorVerdict, classify, summarize
-from gaugeformer.data.vocab import default_tokenizer
+from gaugeformer.data.tokenizer import default_tokenizer
 from gaugeformer.loss import cross_entropy, free_energy_loss
 from gaugeformer.model.lm import run_with_cache
 from gaugeformer.ops import so3

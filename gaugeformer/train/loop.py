@@ -47,14 +47,9 @@ from gaugeformer import checkpoint as ckpt_lib
 from gaugeformer import stats
 from gaugeformer.capture import capture_jit
 from gaugeformer.config import ModelConfig
-from gaugeformer.data.text import (
-    EvalBatches,
-    TokenDataset,
-    TrainBatches,
-    load_embedded_dataset,
-    load_wikitext,
-)
-from gaugeformer.data.vocab import ModelTokenizer
+from gaugeformer.data.batches import EvalBatches, TrainBatches
+from gaugeformer.data.corpus import TokenDataset, load_embedded_dataset, load_wikitext
+from gaugeformer.data.tokenizer import Tokenizer
 from gaugeformer.loss import free_energy_loss
 from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.model.sow import SowConfig, flatten
@@ -395,7 +390,7 @@ class Trainer:
         self.place = Placement.over_all_devices()
         self._check_batches()
         self.data = load_data(run_cfg.data)
-        self.tokenizer = ModelTokenizer.of_dataset(self.data)
+        self.tokenizer = Tokenizer.of_dataset(self.data)
         if self.data.vocab_size != run_cfg.model.vocab_size:
             raise ConfigError(f"model.vocab_size={run_cfg.model.vocab_size} but the data has "
                               f"{self.data.vocab_size} token ids")
@@ -795,7 +790,7 @@ def train_and_evaluate(run_cfg: RunConfig, workdir: str | Path, hooks: Sequence[
       FloatingPointError: NaN/inf in the loss, a gradient or an activation (the message names the
         step, the layer and the tensor; checkpoints written before that step stay intact).
       ConfigError: inconsistent configuration, or a workdir holding another model / data setup.
-      gaugeformer.data.text.DatasetUnavailableError: the dataset cannot be loaded offline.
+      gaugeformer.data.corpus.DatasetUnavailableError: the dataset cannot be loaded offline.
     """
     if run_cfg.train.distributed:
         init_distributed()

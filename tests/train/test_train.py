@@ -23,7 +23,7 @@ import gaugeformer as gf
 from diagnostics.training import FIGURES
 from gaugeformer import checkpoint as ckpt
 from gaugeformer.checkpoint import Checkpointer
-from gaugeformer.data.text import DatasetUnavailableError
+from gaugeformer.data.corpus import DatasetUnavailableError
 from gaugeformer.train import loop
 from gaugeformer.train.config import ConfigError, RunConfig, apply_overrides, build_run_config
 
