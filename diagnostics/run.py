@@ -51,7 +51,6 @@ from gaugeformer.stats import model_valid_keys
 from gaugeformer.train.loop import enable_compilation_cache
 
 from diagnostics import attribution as attr_lib
-from diagnostics import capture as C
 from diagnostics import report as report_io
 from diagnostics.ablation import LOCAL_WINDOW, Ablation, ablation_study
 from diagnostics.ablation import markdown as ablation_markdown
