@@ -48,7 +48,7 @@ from gaugeformer.capture import capture_jit
 from gaugeformer.data.tokenizer import BYTE_VOCAB, GPT2_N_VOCAB
 from gaugeformer.loading import load, random_model
 from gaugeformer.stats import model_valid_keys
-from gaugeformer.train.loop import enable_compilation_cache
+from gaugeformer.train.runtime import enable_compilation_cache
 
 from diagnostics import attribution as attr_lib
 from diagnostics import report as report_io
