@@ -9,8 +9,9 @@ Public entry points (imported lazily, so ``import diagnostics`` stays cheap)::
 The package, one idea per module:
 
 * the report: :mod:`~diagnostics.run` (``run_report``, end to end) built from
-  :mod:`~diagnostics.inputs` (the batch), :mod:`~diagnostics.metrics` (jitted metrics),
-  :mod:`~diagnostics.validate` (the nine checks), :mod:`~diagnostics.gradflow` (part 8),
+  :mod:`~diagnostics.inputs` (the batch), :mod:`~diagnostics.metrics` (jitted metrics, kernels in
+  :mod:`~diagnostics.metric_kernels`), :mod:`~diagnostics.validate` (the report per layer) from
+  :mod:`~diagnostics.checks` (the nine checks), :mod:`~diagnostics.gradflow` (part 8),
   :mod:`~diagnostics.ablation` (part 9), :mod:`~diagnostics.kappa` (the κ sweep),
   :mod:`~diagnostics.irreps` (per-irrep table), :mod:`~diagnostics.summary` (counting,
   conclusions, scenarios), :mod:`~diagnostics.schema` (the records), rendered by

@@ -314,7 +314,7 @@ def context_summary(seq: TokenSequence, head_labels: Sequence[str], beta: np.nda
              f"layers: {beta.shape[0]}",
              f"Checkpoint: {checkpoint}    \u03ba = {kappa:.4g}",
              "row_std = mean over queries of the std of \u03b2 over valid keys (j \u2264 i); "
-             "SHARP > 0.10, MEDIUM > 0.05, else UNIFORM",
+             f"{attn_stats.STATUS_RULE}",
              "          (in parentheses: the reference's formula over all j \u2260 i, "
              "future keys included)"]
     for li, st in zip(layers, stats, strict=True):

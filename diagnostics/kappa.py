@@ -18,8 +18,9 @@ from gaugeformer.capture import capture_jit
 from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.ops.attention import attention_logits, attention_weights
 from gaugeformer.ops.masks import valid_keys
-from gaugeformer.stats import model_valid_keys, row_std_keys, row_std_legacy, row_std_valid
+from gaugeformer.stats import model_valid_keys
 
+from diagnostics.metrics import row_std_heads
 from diagnostics.schema import Mode
 
 DEFAULT_KAPPAS = (0.3, 0.5, 1.0, 2.0, 5.0)  # the reference's κ sweep
@@ -38,11 +39,6 @@ class KappaSweep:
     kappas: tuple[float, ...]
     labels: tuple[str, ...]
     row_std: Mapping[str, np.ndarray]
-
-
-@functools.partial(jax.jit, static_argnames=("include_diag",))
-def _row_std_both(beta, mask, include_diag):  # [..., N, N] -> ([...], [...])
-    return row_std_legacy(beta), row_std_valid(beta, row_std_keys(mask, include_diag=include_diag))
 
 
 def kappa_sweep(
@@ -72,8 +68,7 @@ def kappa_sweep(
         beta = beta[None] if beta.ndim == 4 else beta
         n = beta.shape[-1]
         keys = valid_keys(n) if mask is None else np.asarray(mask, bool)
-        legacy, valid = jax.device_get(_row_std_both(jnp.asarray(beta[:, batch_index]), keys,
-                                                     include_diag))
+        legacy, valid = jax.device_get(row_std_heads(beta[:, batch_index], keys, include_diag))
         out["legacy"].append(legacy)
         out["valid"].append(valid)
     n_heads = out["legacy"][0].shape[-1]

@@ -121,6 +121,17 @@ def _head_std(rows: Array, s: _Sel, legacy: bool) -> Array:
     return stats.head_row_std(rows, s.cnt, legacy=legacy)
 
 
+def head_row_std(beta: Array, keys, legacy: bool) -> Array:
+    """row_std per head of ``beta [..., N, M]`` over ``keys [N, M]`` (one pass per head, as in
+    :func:`head_rows` / :func:`finish_head`): ``[...]``."""
+    sel = _Sel(jnp.asarray(keys, beta.dtype))
+
+    def one(b):
+        return _head_std(_std_from(_row_reduce(_std_terms(b, sel, "r")), "r", sel.cnt), sel, legacy)
+
+    return lift(one, beta.ndim - 2)(beta)
+
+
 class Geom:
     """Float masks and per-row constants derived once from ``mask`` (traced values)."""
 

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from gaugeformer.ops.masks import valid_keys
+from gaugeformer.stats import row_std_keys
 
 from diagnostics import metric_kernels as mk
 
@@ -153,6 +154,25 @@ def row_sums(
     n, m = beta.shape[-2:]
     keys = _mask_or_causal(mask, n, m).astype(beta.dtype)
     return mk.lift(lambda b: (b.sum(-1), (b * keys).sum(-1)), beta.ndim - 2)(beta)
+
+
+@functools.partial(jax.jit, static_argnames=("include_diag",))
+def row_std_heads(
+    beta: Array,  # [..., N, N]
+    mask: Array | None = None,  # [N, N] bool
+    include_diag: bool = True,
+) -> tuple[Array, Array]:
+    """Per-head row_std of attention, legacy and valid, exactly as :func:`all_metrics` computes
+    ``row_std_legacy`` / ``row_std_valid`` (one pass per head) for any leading axes: the κ sweep's
+    statistic.  The definition is :mod:`gaugeformer.stats`'.
+
+    Returns:
+        ``(legacy [...], valid [...])``.
+    """
+    n = beta.shape[-1]
+    mask = _mask_or_causal(mask, n)
+    return (mk.head_row_std(beta, row_std_keys(mask, legacy=True), legacy=True),
+            mk.head_row_std(beta, row_std_keys(mask, include_diag=include_diag), legacy=False))
 
 
 @functools.partial(jax.jit, static_argnames=("special_ids", "include_diag", "query_var_batches"))

@@ -111,7 +111,7 @@ class RunResult:
     """What :func:`run_report` returns.
 
     Attributes:
-        report: the :class:`~diagnostics.validate.ValidationReport` (JSON meta included).
+        report: the :class:`~diagnostics.schema.ValidationReport` (JSON meta included).
         console: the printed text.
         inputs: the batch.
         beliefs: the captured forward.

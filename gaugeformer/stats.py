@@ -36,6 +36,7 @@ SHARP_THRESHOLD = 0.1  # row_std > 0.1 -> SHARP (ref §2.2)
 MEDIUM_THRESHOLD = 0.05  # row_std > 0.05 -> MEDIUM, else UNIFORM
 KL_UNIFORM_THRESHOLD = 0.5  # seed 002: "KL divergences too uniform" below this per-row spread
 LABELS = ("SHARP", "MEDIUM", "UNIFORM")
+STATUS_RULE = f"SHARP > {SHARP_THRESHOLD:.2f}, MEDIUM > {MEDIUM_THRESHOLD:.2f}, else UNIFORM"
 MARKS = {"SHARP": "\u2713", "MEDIUM": "\u26a0", "UNIFORM": "\u274c"}  # the seed report's marks
 
 
