@@ -226,7 +226,8 @@ def _part4(c: Ctx, mode: Mode) -> PartReport:
 
 def _head_counts(values: np.ndarray) -> tuple[int, int, int]:
     labels = [stats.status(v) for v in values]
-    return labels.count("SHARP"), labels.count("MEDIUM"), labels.count("UNIFORM")
+    sharp, medium, uniform = (labels.count(label) for label in stats.LABELS)
+    return sharp, medium, uniform
 
 
 def _part5(c: Ctx, mode: Mode) -> PartReport:

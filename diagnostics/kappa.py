@@ -60,7 +60,8 @@ def kappa_sweep(
         mask: key-validity mask ``[N, N]`` (causal if None).
         labels: head labels (``H0..`` if None).
         batch_index: batch element to report.
-        include_diag: keep the diagonal key in valid row_std (:func:`gaugeformer.stats.row_std_keys`).
+        include_diag: keep the diagonal key in valid row_std
+            (:func:`gaugeformer.stats.row_std_keys`).
     """
     out: dict[str, list[np.ndarray]] = {"legacy": [], "valid": []}
     for kappa in kappas:

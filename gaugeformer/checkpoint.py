@@ -17,8 +17,8 @@ temporary directory, so a run killed during a save leaves only an ignored
 
 ``step`` is the number of completed optimizer updates (the reference stored the 0-based loop index).
 ``meta["data"]["next_step"]`` is the index of the next training batch
-(:meth:`gaugeformer.data.batches.TrainBatches.batch`), which together with ``shuffle_seed`` fixes the
-data position exactly.  The model takes no random numbers during training, so ``meta["rng"]`` holds
+(:meth:`~gaugeformer.data.batches.TrainBatches.batch`), which together with ``shuffle_seed`` fixes
+the data position exactly.  The model takes no random numbers during training, so ``meta["rng"]`` holds
 the seeds that determine the run (init and shuffle).
 
 The converter writes the same items into a one-step directory with :func:`write` (atomically:

@@ -47,7 +47,8 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 class CheckpointLayoutError(CheckpointError):
-    """:func:`~gaugeformer.convert.torch_pt.split_checkpoint` does not recognise the structure of a loaded object."""
+    """:func:`~gaugeformer.convert.torch_pt.split_checkpoint` does not recognise the structure of
+    a loaded object."""
 
 
 class Refused(Exception):

@@ -1,8 +1,8 @@
 """The safe unpickler of a ``torch.save`` zip: only allow-listed globals can be named.
 
-``data.pkl`` may name only tensor rebuild functions, storage types, torch dtypes/``Size``/``device``,
-``collections.OrderedDict``, ``pathlib`` paths, ``argparse.Namespace``, numpy scalars/arrays and a
-few harmless builtins; each resolves to a stand-in here (tensors: the
+``data.pkl`` may name only tensor rebuild functions, storage types, torch
+dtypes/``Size``/``device``, ``collections.OrderedDict``, ``pathlib`` paths, ``argparse.Namespace``,
+numpy scalars/arrays and a few harmless builtins; each resolves to a stand-in here (tensors: the
 :class:`~gaugeformer.convert.pt_tensors.TensorReader`), which checks its arguments before it builds
 anything.  Any other global raises :class:`~gaugeformer.convert.pt_errors.UnsafeCheckpointError`
 before anything is imported or called, so a crafted checkpoint cannot run code.

@@ -80,8 +80,8 @@ def with_direct_kl(model: nnx.Module) -> nnx.Module:
     """``model`` with the reference's per-pair KL (``kl_impl="direct"``), sharing its values.
 
     The float64 side of a validation uses it: the factorized KL moves the reference's ε (by up to
-    2e-5 absolute on a KL, ``tests/model/test_parity64.py``), the direct one reproduces the reference
-    to ≤ 2.5e-8, which lets the verdict's float64 tolerance be 1e-6 and still resolve κ off by 1%
+    2e-5 absolute on a KL, ``tests/model/test_parity64.py``), the direct one reproduces the
+    reference to ≤ 2.5e-8, which lets the verdict's float64 tolerance be 1e-6 and still resolve κ off by 1%
     on a trained model (6e-5).
     """
     if model.cfg.kl_impl == "direct":

@@ -1,8 +1,8 @@
 """The ``.npy`` token cache: one file per (source, split, tokenizer, cleaning version).
 
-A cache hit needs neither ``datasets`` nor the network (:func:`gaugeformer.data.corpus.load_wikitext_split`).
-Local files are keyed by their content (sha256, memoised per path, size and mtime), hub datasets by
-their config name.
+A cache hit needs neither ``datasets`` nor the network
+(:func:`gaugeformer.data.corpus.load_wikitext_split`). Local files are keyed by their content
+(sha256, memoised per path, size and mtime), hub datasets by their config name.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Corpora → token datasets: WikiText-2/103 and the embedded Botchan novel, cleaned, tokenised, cached.
+"""Corpora → token datasets: WikiText-2/103 and the embedded Botchan novel, cleaned, tokenised
+and cached.
 
 * **Sources.** WikiText-2 / WikiText-103 raw (``Salesforce/wikitext``, configs ``wikitext-2-raw-v1``
   / ``wikitext-103-raw-v1``) through ``datasets.load_dataset``; or local WikiText-format files
@@ -193,7 +194,8 @@ def load_wikitext_split(
         split: Split name.
         tokenizer: ``"gpt2"`` or ``"bytes"``.
         data_files: Optional local WikiText-format files per split.
-        cache_dir: Token cache directory (default :func:`~gaugeformer.data.cache.default_cache_dir`).
+        cache_dir: Token cache directory (default
+            :func:`~gaugeformer.data.cache.default_cache_dir`).
         hf_cache_dir: ``datasets`` cache directory.
         progress: Tokenisation progress bar (``None`` = automatic).
 

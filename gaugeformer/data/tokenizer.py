@@ -9,10 +9,11 @@ a restricted vocabulary, the kept original ids (:mod:`gaugeformer.data.vocab`):
   vocabulary; model id ``i < len(kept_ids)`` is GPT-2 id ``kept_ids[i]``, every other GPT-2 id
   encodes to UNK ``V − 1``.
 
-:func:`get_tokenizer` builds one (``gf.get_tokenizer``), :func:`default_tokenizer` is the one V alone
-implies, ``gf.load(...).tokenizer`` is the one a checkpoint records (:meth:`Tokenizer.to_meta` under
-``meta["tokenizer"]``: kind and kept ids, so a loaded model decodes without its corpus), and
-:func:`gaugeformer.data.corpus.resolve_tokenizer` rebuilds a restricted vocabulary from its corpus.
+:func:`get_tokenizer` builds one (``gf.get_tokenizer``), :func:`default_tokenizer` is the one V
+alone implies, ``gf.load(...).tokenizer`` is the one a checkpoint records
+(:meth:`Tokenizer.to_meta` under ``meta["tokenizer"]``: kind and kept ids, so a loaded model
+decodes without its corpus), and :func:`gaugeformer.data.corpus.resolve_tokenizer` rebuilds a
+restricted vocabulary from its corpus.
 ``encode`` gives model ids, ``pieces`` the raw bytes of each id (UNK shown as ``<unk>``) and
 ``decode`` their text.
 
@@ -161,7 +162,8 @@ Codec = tiktoken.Encoding | ByteEncoding
 
 
 def encoding(name: str) -> Codec:
-    """The codec of a tokenizer kind: GPT-2's tiktoken ``Encoding`` (cached) or :class:`ByteEncoding`.
+    """The codec of a tokenizer kind: GPT-2's tiktoken ``Encoding`` (cached) or
+    :class:`ByteEncoding`.
 
     Raises:
         ValueError: an unknown kind.
@@ -258,7 +260,8 @@ class Tokenizer:
         return b"".join(self.pieces(ids)).decode("utf-8", errors="replace")
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.name!r}, V={self.vocab_size}{', restricted' if self.restricted else ''})"
+        kept = ", restricted" if self.restricted else ""
+        return f"Tokenizer({self.name!r}, V={self.vocab_size}{kept})"
 
     # ------------------------------------------------------------------ checkpoint record
     def to_meta(self) -> dict:

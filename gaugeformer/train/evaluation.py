@@ -55,7 +55,8 @@ class Figures(Protocol):
 def validation_loss(model: GaugeTransformerLM, evals: EvalBatches, place: Placement,
                     weights: LossWeights, max_batches: int | None) -> dict[str, float]:
     """CE and PPL over every validation target (or the first ``max_batches`` batches), and the
-    free-energy terms averaged over the full batches: the ``eval/*`` scalars but ``eval/seconds``."""
+    free-energy terms averaged over the full batches: the ``eval/*`` scalars but
+    ``eval/seconds``."""
     outs = []
     for i, batch in enumerate(evals):
         if max_batches is not None and i >= max_batches:

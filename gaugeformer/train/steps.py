@@ -30,10 +30,10 @@ class LossWeights:
 
 
 def step_hooks(cfg: ModelConfig, n: int) -> SowConfig:
-    """The hooks a train step records.  Every hook while the sequence fits one attention tile (the
-    per-layer β/KL statistics then cost no extra memory); only the belief hooks once it spans several
-    tiles, so the step runs tiled in O(N) memory (per-layer attention statistics come from the
-    evaluations' fixed sequence instead)."""
+    """The hooks a train step records.  Every hook while the sequence fits one attention tile
+    (the per-layer β/KL statistics then cost no extra memory); only the belief hooks once it spans
+    several tiles, so the step runs tiled in O(N) memory (per-layer attention statistics come from
+    the evaluations' fixed sequence instead)."""
     if cfg.attention_tile is None or n <= cfg.attention_tile:
         return SowConfig()
     return SowConfig(attention=False, ffn=False, beliefs=True)
@@ -55,7 +55,8 @@ def loss_with_hooks(model, x, y, weights: LossWeights, train: bool):
                    static_argnames=("weights", "optim_cfg"))
 def train_step(model: GaugeTransformerLM, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array,
                *, weights: LossWeights, optim_cfg: OptimConfig) -> dict[str, jax.Array]:
-    """One update on ``x, y [B, N]``; returns every scalar of :func:`~gaugeformer.train.metrics.step_metrics`."""
+    """One update on ``x, y [B, N]``; returns every scalar of
+    :func:`~gaugeformer.train.metrics.step_metrics`."""
     step = optimizer.step[...]
 
     def loss_fn(m):
