@@ -9,8 +9,9 @@ Public entry points (imported lazily, so ``import diagnostics`` stays cheap)::
 The package, one idea per module:
 
 * the report: :mod:`~diagnostics.run` (``run_report``, end to end) built from
-  :mod:`~diagnostics.inputs` (the batch), :mod:`~diagnostics.metrics` (jitted metrics),
-  :mod:`~diagnostics.validate` (the nine checks), :mod:`~diagnostics.gradflow` (part 8),
+  :mod:`~diagnostics.inputs` (the batch), :mod:`~diagnostics.metrics` (jitted metrics, kernels in
+  :mod:`~diagnostics.metric_kernels`), :mod:`~diagnostics.validate` (the report per layer) from
+  :mod:`~diagnostics.checks` (the nine checks), :mod:`~diagnostics.gradflow` (part 8),
   :mod:`~diagnostics.ablation` (part 9), :mod:`~diagnostics.kappa` (the κ sweep),
   :mod:`~diagnostics.irreps` (per-irrep table), :mod:`~diagnostics.summary` (counting,
   conclusions, scenarios), :mod:`~diagnostics.schema` (the records), rendered by
@@ -28,7 +29,7 @@ import importlib
 _EXPORTS = {
     "run_report": "run", "gradient_flow": "gradflow", "ablation_study": "ablation",
     "attention_kappa_sweep": "kappa", "build_inputs": "inputs",
-    "all_metrics": "metrics", "row_std": "metrics", "METRIC_KEYS": "metrics",
+    "all_metrics": "metrics", "METRIC_KEYS": "metrics",
     "run_validation": "validate", "render_console": "render",
     "kappa_sweep": "kappa", "irrep_summary": "irreps", "render_irrep_table": "irreps",
     "head_labels": "irreps", "ValidationReport": "schema",
@@ -40,7 +41,7 @@ __all__ = [
     "METRIC_KEYS", "SCHEMA_VERSION", "ValidationReport", "ablation_study", "all_metrics",
     "attention_kappa_sweep", "build_inputs", "capture_attention", "check_schema", "gradient_flow",
     "head_labels", "irrep_summary", "kappa_sweep", "read_json",
-    "render_console", "render_irrep_table", "row_std", "run_report", "run_validation",
+    "render_console", "render_irrep_table", "run_report", "run_validation",
     "validate_metrics", "write_json", "write_markdown",
 ]
 

@@ -5,10 +5,10 @@ The three scripts (``scripts/visualize_attention.py``, ``scripts/attention_recen
 :func:`gaugeformer.load` and the figure modules.
 
 * Tokenisation: the checkpoint's own tokenizer (``Loaded.tokenizer``), else
-  :func:`gaugeformer.data.vocab.resolve_tokenizer` (V = 256 bytes, V ≥ 50257 GPT-2 BPE, a V in
+  :func:`gaugeformer.data.corpus.resolve_tokenizer` (V = 256 bytes, V ≥ 50257 GPT-2 BPE, a V in
   between a restricted GPT-2 vocabulary rebuilt from the training split of a corpus).
 * Sequences (:class:`TokenSequence`): user text, windows of a validation split (the real
-  loader, :func:`gaugeformer.data.text.load_wikitext_split`, so local WikiText-format files go
+  loader, :func:`gaugeformer.data.corpus.load_wikitext_split`, so local WikiText-format files go
   through the same code as the hub dataset), or random ids. Each knows its source, for captions.
 * Capture (:func:`capture_attention`, :func:`capture_sequences`): host copies of
   :func:`gaugeformer.capture.capture` (``Intermediates``, β and KL ``(L, B, H, N, N)``).
@@ -31,20 +31,14 @@ from tqdm import tqdm
 
 from gaugeformer import stats as attn_stats
 from gaugeformer.capture import Intermediates, capture_jit
-from gaugeformer.data.text import (
+from gaugeformer.data.corpus import (
     WIKITEXT_CONFIGS,
     load_embedded_dataset,
     load_wikitext,
     load_wikitext_split,
-)
-from gaugeformer.data.vocab import (  # noqa: F401 (restricted_vocab_map re-exported)
-    BYTE_VOCAB,
-    UNK_PIECE,
-    ModelTokenizer,
     resolve_tokenizer,
-    restricted_vocab_map,
 )
-from gaugeformer.data.tokenizer import GPT2_N_VOCAB as GPT2_VOCAB
+from gaugeformer.data.tokenizer import BYTE_VOCAB, GPT2_N_VOCAB, Tokenizer
 from gaugeformer.loading import Loaded, load, random_model
 from gaugeformer.stats import KL_UNIFORM_THRESHOLD
 
@@ -60,8 +54,6 @@ __all__ = [
     "legacy_kl_row_std",
     "parse_data_files",
     "random_sequences",
-    "resolve_tokenizer",
-    "restricted_vocab_map",
     "samples_header",
     "sequence_from_ids",
     "text_sequence",
@@ -107,7 +99,7 @@ class TokenSequence:
         return " ".join(self.text.split())[:n]
 
 
-def sequence_from_ids(ids: Sequence[int] | np.ndarray, tok: ModelTokenizer | None, source: str
+def sequence_from_ids(ids: Sequence[int] | np.ndarray, tok: Tokenizer | None, source: str
                       ) -> TokenSequence:
     """A :class:`TokenSequence` from model ids (``tok`` None: labels are ``#id``)."""
     arr = np.asarray(ids, np.int32).reshape(-1)
@@ -117,7 +109,7 @@ def sequence_from_ids(ids: Sequence[int] | np.ndarray, tok: ModelTokenizer | Non
     return TokenSequence(arr, tok.pieces(arr), tok.decode(arr), source)
 
 
-def text_sequence(text: str, tok: ModelTokenizer, *, max_len: int,
+def text_sequence(text: str, tok: Tokenizer, *, max_len: int,
                   source: str = "user-provided text") -> TokenSequence:
     """Encodes ``text``; longer than ``max_len`` tokens is cut (and the source says so)."""
     ids = tok.encode(text)
@@ -129,7 +121,7 @@ def text_sequence(text: str, tok: ModelTokenizer, *, max_len: int,
     return sequence_from_ids(ids, tok, f"{source}, {tok.describe()}")
 
 
-def text_windows(text: str, tok: ModelTokenizer, *, seq_len: int, count: int,
+def text_windows(text: str, tok: Tokenizer, *, seq_len: int, count: int,
                  source: str = "user text") -> list[TokenSequence]:
     """Up to ``count`` consecutive non-overlapping windows of ``seq_len`` tokens of ``text``."""
     ids = tok.encode(text)
@@ -165,7 +157,7 @@ def parse_data_files(items: Sequence[str] | None) -> dict[str, list[str]] | None
     return out
 
 
-def _validation_ids(dataset: str, tok: ModelTokenizer,
+def _validation_ids(dataset: str, tok: Tokenizer,
                     data_files: Mapping[str, Any] | None) -> tuple[np.ndarray, str]:
     """Model ids of the whole validation split and a description of it."""
     if dataset not in DATASETS:
@@ -186,7 +178,7 @@ def _validation_ids(dataset: str, tok: ModelTokenizer,
                                data_files=data_files), where
 
 
-def validation_sequences(dataset: str, tok: ModelTokenizer, *, seq_len: int, start: int = 0,
+def validation_sequences(dataset: str, tok: Tokenizer, *, seq_len: int, start: int = 0,
                          count: int = 1, data_files: Mapping[str, Any] | None = None
                          ) -> list[TokenSequence]:
     """Windows ``start … start+count−1`` of the validation split (non-overlapping, ``seq_len``).
@@ -207,7 +199,7 @@ def validation_sequences(dataset: str, tok: ModelTokenizer, *, seq_len: int, sta
 
 
 def random_sequences(vocab_size: int, *, seq_len: int, count: int = 1, seed: int = 0,
-                     tok: ModelTokenizer | None = None, high: int = 100) -> list[TokenSequence]:
+                     tok: Tokenizer | None = None, high: int = 100) -> list[TokenSequence]:
     """Random ids in ``[0, min(high, V))`` (debugging only; the source says so)."""
     top = min(high, int(vocab_size))
     rng = np.random.default_rng(seed)
@@ -322,7 +314,7 @@ def context_summary(seq: TokenSequence, head_labels: Sequence[str], beta: np.nda
              f"layers: {beta.shape[0]}",
              f"Checkpoint: {checkpoint}    \u03ba = {kappa:.4g}",
              "row_std = mean over queries of the std of \u03b2 over valid keys (j \u2264 i); "
-             "SHARP > 0.10, MEDIUM > 0.05, else UNIFORM",
+             f"{attn_stats.STATUS_RULE}",
              "          (in parentheses: the reference's formula over all j \u2260 i, "
              "future keys included)"]
     for li, st in zip(layers, stats, strict=True):
@@ -428,7 +420,7 @@ def load_model_from_args(args: Any) -> Loaded:
     default, resized by seed 004's ``--embedding-dimension/--number-of-heads/--number-of-layers``)."""
     if args.checkpoint:
         return load(args.checkpoint, config=args.config)
-    hint = BYTE_VOCAB if args.tokenizer == "bytes" else GPT2_VOCAB
+    hint = BYTE_VOCAB if args.tokenizer == "bytes" else GPT2_N_VOCAB
     loaded = random_model(args.config, vocab_size=hint, seed=args.seed,
                           embed_dim=getattr(args, "embedding_dimension", None),
                           n_heads=getattr(args, "number_of_heads", None),
@@ -440,17 +432,17 @@ def load_model_from_args(args: Any) -> Loaded:
     return loaded
 
 
-def pick_tokenizer(vocab_size: int, name: str, saved: ModelTokenizer | None, **kwargs
-                   ) -> ModelTokenizer:
+def pick_tokenizer(vocab_size: int, name: str, saved: Tokenizer | None, **kwargs
+                   ) -> Tokenizer:
     """The checkpoint's own tokenizer (``Loaded.tokenizer``) unless ``name`` asks for another;
-    else :func:`~gaugeformer.data.vocab.resolve_tokenizer` (``kwargs``: its corpus arguments)."""
+    else :func:`~gaugeformer.data.corpus.resolve_tokenizer` (``kwargs``: its corpus arguments)."""
     if saved is not None and name in ("auto", saved.name):
         return saved
     return resolve_tokenizer(vocab_size, name, **kwargs)
 
 
 def sequences_from_args(args: Any, cfg: Any, *, count: int = 1,
-                        tokenizer: ModelTokenizer | None = None) -> list[TokenSequence]:
+                        tokenizer: Tokenizer | None = None) -> list[TokenSequence]:
     """Input sequences for ``args.mode`` (``count`` windows; text mode: one, or windows);
     ``tokenizer`` is the loaded checkpoint's (``Loaded.tokenizer``)."""
     mode = getattr(args, "mode", "text")

@@ -27,6 +27,8 @@ import numpy as np
 
 from gaugeformer.loading import load
 from gaugeformer.train import loop
+from gaugeformer.train.runlog import RunLog
+from gaugeformer.train.runtime import enable_compilation_cache
 from gaugeformer.train.config import load_run_config
 
 from diagnostics.run import run_report
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cfg = load_run_config(args.config, overrides)
     workdir = Path(args.workdir).resolve()
     prepare_workdir(workdir, args.resume)
-    cache = loop.enable_compilation_cache()
+    cache = enable_compilation_cache()
     t0 = time.perf_counter()
     m = run_cfg.model
     print(f"[demo] {args.config}: K={m.embed_dim} irreps {m.irreps} ({m.n_heads} heads "
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
           f"N={run_cfg.data.seq_len}, B={run_cfg.data.batch_size}, {run_cfg.train.steps} steps "
           f"on {jax.device_count()} {jax.devices()[0].platform} device(s); XLA cache {cache}")
     summary = loop.train_and_evaluate(run_cfg, workdir, figures=FIGURES)
-    records = loop.RunLog(workdir, run_cfg, summary["step"], False).records()
+    records = RunLog(workdir, run_cfg, summary["step"], False).records()
     report = None
     try:
         report = validation_report(workdir, run_cfg)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from gaugeformer.data.vocab import ModelTokenizer
+from gaugeformer.data.tokenizer import GPT2_EOT, Tokenizer
 
 from diagnostics import capture as C
 
@@ -19,8 +19,6 @@ DEFAULT_TEXT = (
     "the river still remembers where it used to run."
 )
 
-
-GPT2_EOT = 50256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +40,13 @@ class ReportInputs:
     special_ids: tuple[int, ...]
 
 
-def _special_ids(tok: ModelTokenizer | None) -> tuple[int, ...]:
+def _special_ids(tok: Tokenizer | None) -> tuple[int, ...]:
     """GPT-2's end-of-text id (mapped into a restricted vocabulary when kept); none for bytes."""
     if tok is None or tok.name != "gpt2":
         return ()
-    if tok.vocab_map is None:
+    if tok.kept_ids is None:
         return (GPT2_EOT,) if tok.vocab_size > GPT2_EOT else ()
-    kept = np.asarray(tok.vocab_map.kept_ids)
+    kept = tok.kept_ids
     pos = int(np.searchsorted(kept, GPT2_EOT))
     return (pos,) if pos < kept.size and kept[pos] == GPT2_EOT else ()
 
@@ -81,7 +79,7 @@ def build_inputs(
     seed: int = 0,
     tokenizer: str = "auto",
     special_ids: Sequence[int] | None = None,
-    saved_tokenizer: ModelTokenizer | None = None,
+    saved_tokenizer: Tokenizer | None = None,
 ) -> ReportInputs:
     """The input batch for the report, first match wins: ``tokens``, ``random``, ``dataset``,
     ``text``, else a built-in text (random ids when no tokenizer fits the vocabulary).
@@ -104,7 +102,7 @@ def build_inputs(
     count = max(1, int(batch or 1))
     if isinstance(data_files, (list, tuple)):
         data_files = C.parse_data_files(data_files)
-    tok: ModelTokenizer | None = None
+    tok: Tokenizer | None = None
     if tokens is not None:
         arr = _read_ids(tokens) if isinstance(tokens, str) else np.asarray(tokens)
         arr = np.atleast_2d(arr).astype(np.int64)

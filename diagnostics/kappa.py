@@ -17,9 +17,10 @@ from flax import nnx
 from gaugeformer.capture import capture_jit
 from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.ops.attention import attention_logits, attention_weights
+from gaugeformer.ops.masks import valid_keys
 from gaugeformer.stats import model_valid_keys
 
-from diagnostics.metrics import row_std
+from diagnostics.metrics import row_std_heads
 from diagnostics.schema import Mode
 
 DEFAULT_KAPPAS = (0.3, 0.5, 1.0, 2.0, 5.0)  # the reference's κ sweep
@@ -38,12 +39,6 @@ class KappaSweep:
     kappas: tuple[float, ...]
     labels: tuple[str, ...]
     row_std: Mapping[str, np.ndarray]
-
-
-@functools.partial(jax.jit, static_argnames=("include_diag",))
-def _row_std_both(beta, mask, include_diag):  # [..., N, N] -> ([...], [...])
-    return (row_std(beta, mask, mode="legacy"),
-            row_std(beta, mask, mode="valid", include_diag=include_diag))
 
 
 def kappa_sweep(
@@ -65,15 +60,16 @@ def kappa_sweep(
         mask: key-validity mask ``[N, N]`` (causal if None).
         labels: head labels (``H0..`` if None).
         batch_index: batch element to report.
-        include_diag: valid-mode diagonal handling (see ``metrics.row_std``).
+        include_diag: keep the diagonal key in valid row_std
+            (:func:`gaugeformer.stats.row_std_keys`).
     """
     out: dict[str, list[np.ndarray]] = {"legacy": [], "valid": []}
     for kappa in kappas:
         beta = np.asarray(beta_fn(float(kappa)))
         beta = beta[None] if beta.ndim == 4 else beta
         n = beta.shape[-1]
-        mk = np.tri(n, dtype=bool) if mask is None else np.asarray(mask, bool)
-        legacy, valid = jax.device_get(_row_std_both(beta[:, batch_index], mk, include_diag))
+        keys = valid_keys(n) if mask is None else np.asarray(mask, bool)
+        legacy, valid = jax.device_get(row_std_heads(beta[:, batch_index], keys, include_diag))
         out["legacy"].append(legacy)
         out["valid"].append(valid)
     n_heads = out["legacy"][0].shape[-1]

@@ -17,7 +17,10 @@ import time
 import jax
 import numpy as np
 
+from gaugeformer.ops.masks import valid_keys
+
 from diagnostics import validate as V
+from diagnostics.irreps import head_labels
 from diagnostics.metrics import all_metrics
 
 IRREPS = "5x0e+3x1e+1x2e"  # 9 heads, K = 19 (configs A/T_A)
@@ -27,7 +30,7 @@ def inputs(n_layers: int, batch: int, heads: int, n: int, k: int, seed: int = 0)
     """Causal softmax attention with the reference's 1e-8 floor, KL ≥ 0, ids, beliefs."""
     rng = np.random.default_rng(seed)
     kl = rng.gamma(2.0, 0.05, (n_layers, batch, heads, n, n)).astype(np.float32)
-    causal = np.tri(n, dtype=bool)
+    causal = valid_keys(n)
     logits = np.where(causal, -kl / 0.5, -np.inf)
     logits -= logits.max(-1, keepdims=True)
     beta = np.exp(logits)
@@ -46,11 +49,11 @@ def main(argv=None) -> dict:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    labels, dims = V.head_labels(IRREPS)
+    labels, dims = head_labels(IRREPS)
     h, k = len(labels), sum(dims)
     beta, kl, tokens, mu, phi, sigma = inputs(args.layers, args.batch, h, args.seq_len, k)
     dev = [jax.device_put(x) for x in (beta, kl, tokens, mu, phi, sigma)]
-    mask = np.tri(args.seq_len, dtype=bool)
+    mask = valid_keys(args.seq_len)
 
     def metrics():
         b, q, t, m, f, s = dev

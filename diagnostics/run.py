@@ -45,12 +45,12 @@ from flax import nnx
 
 from gaugeformer import checkpoint as ckpt
 from gaugeformer.capture import capture_jit
+from gaugeformer.data.tokenizer import BYTE_VOCAB, GPT2_N_VOCAB
 from gaugeformer.loading import load, random_model
 from gaugeformer.stats import model_valid_keys
-from gaugeformer.train.loop import enable_compilation_cache
+from gaugeformer.train.runtime import enable_compilation_cache
 
 from diagnostics import attribution as attr_lib
-from diagnostics import capture as C
 from diagnostics import report as report_io
 from diagnostics.ablation import LOCAL_WINDOW, Ablation, ablation_study
 from diagnostics.ablation import markdown as ablation_markdown
@@ -111,7 +111,7 @@ class RunResult:
     """What :func:`run_report` returns.
 
     Attributes:
-        report: the :class:`~diagnostics.validate.ValidationReport` (JSON meta included).
+        report: the :class:`~diagnostics.schema.ValidationReport` (JSON meta included).
         console: the printed text.
         inputs: the batch.
         beliefs: the captured forward.
@@ -257,7 +257,7 @@ def run_report(
     if model is not None:
         cfg, desc = model.cfg, "given model"
     else:
-        hint = C.BYTE_VOCAB if tokenizer == "bytes" else C.GPT2_VOCAB
+        hint = BYTE_VOCAB if tokenizer == "bytes" else GPT2_N_VOCAB
         loaded = (load(checkpoint, config=config) if checkpoint is not None
                   else random_model(config, vocab_size=hint, seed=seed))
         model, cfg, desc = loaded.model, loaded.config, loaded.description

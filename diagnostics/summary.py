@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gaugeformer.stats import MEDIUM_THRESHOLD
+
 from diagnostics.attribution import scenarios
 from diagnostics.irreps import _ell
 from diagnostics.schema import CheckResult, Conclusion, Scenario, Summary
 
 QV_PASS, QV_WEAK = 0.05, 0.02  # query variation: pass / pass with a warning (ref §3.8)
+TRULY_UNIFORM = 0.03  # seed 000's scenarios 2-3: row_std below this is uniform mixing
 CRITICAL_HEADLINE = "❌ Critical issues detected! Attention may not be working correctly."
 
 
@@ -80,25 +83,28 @@ def match_scenarios(
     low = sum(1 for e in ells if e is not None and e < 2)
     low_dominant = low > len(labels) / 2
     out = []
-    if good and row_std < 0.05 and query_var > QV_PASS:
+    if good and row_std < MEDIUM_THRESHOLD and query_var > QV_PASS:
         out.append(Scenario(
             1, "Model works, attention looks uniform",
-            f"row_std={row_std:.4f} < 0.05, query variation={query_var:.4f} > 0.05{ppl_note}",
+            f"row_std={row_std:.4f} < {MEDIUM_THRESHOLD:.2f}, query variation={query_var:.4f} > "
+            f"{QV_PASS:.2f}{ppl_note}",
             "Attention works subtly: which tokens attend differs (query side) even though each "
             "row spreads its weight nearly evenly over keys.",
             "Nothing to fix; the model uses attention as intended."))
-    if good and row_std < 0.03 and query_var < QV_WEAK:
+    if good and row_std < TRULY_UNIFORM and query_var < QV_WEAK:
         out.append(Scenario(
             2, "Model works, attention truly uniform",
-            f"row_std={row_std:.4f} < 0.03, query variation={query_var:.4f} < 0.02{ppl_note}",
+            f"row_std={row_std:.4f} < {TRULY_UNIFORM:.2f}, query variation={query_var:.4f} < "
+            f"{QV_WEAK:.2f}{ppl_note}",
             "Attention is plain uniform mixing; the FFN / belief propagation does the work.",
             "Run the ablation (uniform override) and compare the loss."))
     if attribution is not None:
         return tuple(out) + _measured_scenarios(attribution)
-    if mu_div is not None and mu_div > 0.4 and row_std < 0.03 and low_dominant:
+    if mu_div is not None and mu_div > 0.4 and row_std < TRULY_UNIFORM and low_dominant:
         out.append(Scenario(
             3, "Architectural limitation",
-            f"μ_dist={mu_div:.4f} > 0.4, row_std={row_std:.4f} < 0.03, {low}/{len(labels)} "
+            f"μ_dist={mu_div:.4f} > 0.4, row_std={row_std:.4f} < {TRULY_UNIFORM:.2f}, "
+            f"{low}/{len(labels)} "
             "heads are ℓ0/ℓ1",
             "Beliefs are diverse but low-dimensional irrep heads cannot turn that into sharp "
             "attention.",

@@ -45,7 +45,8 @@ from flax import nnx
 from gaugeformer.loading import load
 from gaugeformer.stats import status as row_std_label
 from gaugeformer.train.config import ConfigError, RunConfig, load_run_config
-from gaugeformer.train.loop import enable_compilation_cache, load_data, train_and_evaluate
+from gaugeformer.train.loop import load_data, train_and_evaluate
+from gaugeformer.train.runtime import enable_compilation_cache
 
 from diagnostics import attribution as attr_lib
 

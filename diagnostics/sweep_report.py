@@ -189,9 +189,11 @@ def plot_row_std(rows: Sequence[dict], path: Path, kappa_mode: bool = False) -> 
             handles[config] = line
         ax.axhline(MEDIUM_THRESHOLD, color="grey", ls="--", lw=0.8)
         ax.axhline(SHARP_THRESHOLD, color="grey", ls=":", lw=0.8)
-        ax.text(len(labels) - 0.55, MEDIUM_THRESHOLD, "UNIFORM ≤ 0.05", va="bottom", ha="right", fontsize=7,
+        ax.text(len(labels) - 0.55, MEDIUM_THRESHOLD, f"UNIFORM ≤ {MEDIUM_THRESHOLD:.2f}",
+                va="bottom", ha="right", fontsize=7,
                 color="grey")
-        ax.text(len(labels) - 0.55, SHARP_THRESHOLD, "SHARP > 0.10", va="bottom", ha="right", fontsize=7,
+        ax.text(len(labels) - 0.55, SHARP_THRESHOLD, f"SHARP > {SHARP_THRESHOLD:.2f}",
+                va="bottom", ha="right", fontsize=7,
                 color="grey")
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlim(-0.5, len(labels) - 0.5)

@@ -1,5 +1,5 @@
 """The figures the training loop draws, given to it through its ``figures`` hook
-(:class:`gaugeformer.train.loop.Figures`): the library never imports this package."""
+(:class:`gaugeformer.train.evaluation.Figures`): the library never imports this package."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gaugeformer.stats import KeyPattern
-from gaugeformer.train.loop import AttentionSnapshot
+from gaugeformer.train.evaluation import AttentionSnapshot
 
 from diagnostics import attribution as attr_lib
 from diagnostics.figures import plot_attention_with_context, plot_training_curves

@@ -12,13 +12,13 @@ temporary directory, so a run killed during a save leaves only an ignored
         opt_state/  nnx pure dict of ``nnx.state(optimizer)`` (optax state and its step counter)
         config/     JSON: ``ModelConfig.to_dict()``, enough to rebuild the model with no other file
         meta/       JSON: ``{"format", "step", "tokenizer", "data", "rng", "run_config", "best",
-                    "eval", ...}``; ``tokenizer`` is ``ModelTokenizer.to_meta()``: kind and, for a
+                    "eval", ...}``; ``tokenizer`` is ``Tokenizer.to_meta()``: kind and, for a
                     restricted vocabulary, the kept ids
 
 ``step`` is the number of completed optimizer updates (the reference stored the 0-based loop index).
 ``meta["data"]["next_step"]`` is the index of the next training batch
-(:meth:`gaugeformer.data.text.TrainBatches.batch`), which together with ``shuffle_seed`` fixes the
-data position exactly.  The model takes no random numbers during training, so ``meta["rng"]`` holds
+(:meth:`~gaugeformer.data.batches.TrainBatches.batch`), which together with ``shuffle_seed`` fixes
+the data position exactly.  The model takes no random numbers during training, so ``meta["rng"]`` holds
 the seeds that determine the run (init and shuffle).
 
 The converter writes the same items into a one-step directory with :func:`write` (atomically:

@@ -21,7 +21,8 @@ from gaugeformer.data.tokenizer import TOKENIZER_NAMES, get_tokenizer
 from gaugeformer.loading import load
 from gaugeformer.sampling import generate as sample
 from gaugeformer.train.config import ConfigError, build_run_config, load_run_config
-from gaugeformer.train.loop import enable_compilation_cache, load_data, train_and_evaluate
+from gaugeformer.train.loop import load_data, train_and_evaluate
+from gaugeformer.train.runtime import enable_compilation_cache
 
 TRAIN_DOC = """Train a gauge transformer from a YAML run file; rerunning on the same workdir resumes.
 

@@ -26,7 +26,7 @@ from flax import nnx
 from gaugeformer import checkpoint as ckpt
 from gaugeformer.config import ModelConfig
 from gaugeformer.convert.recover import PT_SUFFIXES, config_from_file, load_reference
-from gaugeformer.data.vocab import ModelTokenizer, default_tokenizer
+from gaugeformer.data.tokenizer import Tokenizer, default_tokenizer
 from gaugeformer.model.lm import GaugeTransformerLM
 
 __all__ = ["CheckpointLoadError", "Loaded", "irreps_for_heads", "load", "random_model"]
@@ -45,7 +45,7 @@ class Loaded:
     Attributes:
       model: the :class:`~gaugeformer.model.lm.GaugeTransformerLM`.
       config: its :class:`~gaugeformer.config.ModelConfig`.
-      tokenizer: a :class:`~gaugeformer.data.vocab.ModelTokenizer` (``encode``/``decode`` model
+      tokenizer: a :class:`~gaugeformer.data.tokenizer.Tokenizer` (``encode``/``decode`` model
         ids), or None when the vocabulary's tokenizer is unknown (a restricted reference vocabulary
         whose kept ids were never saved, or a random model of an odd V).
       meta: the checkpoint's metadata (``step``, ``format``, ...) and ``kind`` (``"reference"``,
@@ -54,7 +54,7 @@ class Loaded:
 
     model: GaugeTransformerLM
     config: ModelConfig
-    tokenizer: ModelTokenizer | None
+    tokenizer: Tokenizer | None
     meta: dict[str, Any]
 
     @property
@@ -62,13 +62,13 @@ class Loaded:
         return str(self.meta.get("description", ""))
 
 
-def _tokenizer_of(meta: dict, cfg: ModelConfig) -> ModelTokenizer | None:
+def _tokenizer_of(meta: dict, cfg: ModelConfig) -> Tokenizer | None:
     """The checkpoint's tokenizer record; for older trainer checkpoints the run config's
     (unrestricted) tokenizer; without either, what V implies."""
     record = meta.get("tokenizer")
     if isinstance(record, dict):
         if record.get("kept_ids") is not None:
-            return ModelTokenizer.from_meta(record)
+            return Tokenizer.from_meta(record)
         kind = record.get("kind")
     else:
         data = (meta.get("run_config") or {}).get("data") or {}
@@ -77,7 +77,7 @@ def _tokenizer_of(meta: dict, cfg: ModelConfig) -> ModelTokenizer | None:
         kind = None if data.get("vocab_size") is not None else data.get("tokenizer")
     v = cfg.vocab_size
     if (kind == "bytes" and v >= 256) or (kind == "gpt2" and v >= 50257):
-        return ModelTokenizer(kind, v)
+        return Tokenizer(kind, v)
     return None  # a restricted vocabulary whose kept ids were not saved
 
 

@@ -1,9 +1,10 @@
 """Attention statistics, defined once: the valid-key mask of a model, row_std (the reference's
 "legacy" form and the causally valid one), row entropy, and the SHARP / MEDIUM / UNIFORM status.
 
-Used by the training metrics (jitted, jnp), the validation report and the figures (numpy, float64).
-The array functions work on either: they follow the type of their input (``jax.Array`` → jnp, else
-numpy), like :func:`gaugeformer.ops.masks.allowed`.
+Used by the training metrics (jitted, jnp), the validation report's jitted metrics
+(:mod:`diagnostics.metrics`), the figures and the tools (numpy, float64).  The array functions work
+on either: they follow the type of their input (``jax.Array`` → jnp, else numpy), like
+:func:`gaugeformer.ops.masks.allowed`.
 
 * **valid row_std** of a row: the population std of β over the row's valid keys
   (:func:`model_valid_keys`); rows with fewer than two valid keys have none.  Per head, the mean
@@ -12,6 +13,11 @@ numpy), like :func:`gaugeformer.ops.masks.allowed`.
   (future) keys included, averaged over all ``N`` rows.  It cannot exceed ``√(N−2)/(N−1)``, so
   "SHARP" is impossible at N ≥ 100.
 * **status** (ref-diagnostics §2.2): ``SHARP`` above 0.1, ``MEDIUM`` above 0.05, else ``UNIFORM``.
+
+The pieces of row_std are public so that a fused reduction computes the same statistic:
+:func:`row_std_keys` (which keys), :func:`row_std_rows` (per-row std, two passes, any values),
+:func:`row_std_terms` + :func:`std_from_sums` (the same per-row std in one pass, for attention
+rows of unit mass) and :func:`head_row_std` (which rows a head's value averages).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ SHARP_THRESHOLD = 0.1  # row_std > 0.1 -> SHARP (ref §2.2)
 MEDIUM_THRESHOLD = 0.05  # row_std > 0.05 -> MEDIUM, else UNIFORM
 KL_UNIFORM_THRESHOLD = 0.5  # seed 002: "KL divergences too uniform" below this per-row spread
 LABELS = ("SHARP", "MEDIUM", "UNIFORM")
+STATUS_RULE = f"SHARP > {SHARP_THRESHOLD:.2f}, MEDIUM > {MEDIUM_THRESHOLD:.2f}, else UNIFORM"
 MARKS = {"SHARP": "\u2713", "MEDIUM": "\u26a0", "UNIFORM": "\u274c"}  # the seed report's marks
 
 
@@ -69,6 +76,22 @@ def _xp(x):
     return jnp if isinstance(x, jax.Array) else np
 
 
+def row_std_keys(mask, *, legacy: bool = False, include_diag: bool = True):
+    """``[N, M]`` bool: the keys a row's std runs over.
+
+    Args:
+      mask: the valid keys ``[N, M]`` (:func:`model_valid_keys`; numpy, or jnp when traced).
+      legacy: the reference's keys, every key but the diagonal, masked ones included (ref §2.1).
+      include_diag: valid keys only: keep the diagonal key (self is a valid key of causal
+        attention); a diagonal cleared in ``mask`` is never included.
+    """
+    n, m = mask.shape[-2:]
+    off = ~np.eye(n, m, dtype=bool)
+    if legacy:
+        return off
+    return mask if include_diag else mask & off
+
+
 def row_std_rows(x, mask, *, empty=float("nan")):
     """Population std of each row of ``x [..., N, M]`` over its valid keys: ``[..., N]``
     (``empty`` for rows with fewer than two valid keys).  numpy input is computed in float64."""
@@ -81,6 +104,56 @@ def row_std_rows(x, mask, *, empty=float("nan")):
     return xp.where(cnt >= 2, xp.sqrt(var), empty)
 
 
+def row_std_terms(b, keys, n_keys, diag_kept):
+    """One attention row block ``b [N, M]`` as the summands of a one-pass std (jnp).
+
+    Summing the two returned ``[N, M]`` arrays over keys and passing the sums to
+    :func:`std_from_sums` gives :func:`row_std_rows` of ``b`` over ``keys``, in one reduction that
+    can be fused with others (:mod:`diagnostics.metrics`).  The values are shifted by each row's
+    expected mean for a row of unit mass, ``(1 − b_ii [ii not a key]) / n_keys`` (clipped to
+    [0, 1]): close to the true mean for any attention pattern, which keeps the one-pass variance as
+    accurate as two passes (a fixed shift such as 1/M loses ~1e-6 to cancellation on rows whose mass
+    sits on an excluded diagonal).  For values that are not attention weights use
+    :func:`row_std_rows`.
+
+    Args:
+      b: ``[N, M]`` attention weights.
+      keys: ``[N, M]`` float 0/1 selection (:func:`row_std_keys`).
+      n_keys: ``[N]`` keys per row.
+      diag_kept: ``[N]`` float 0/1: whether row i's diagonal key is selected.
+
+    Returns:
+      ``(x, x²)``, each ``[N, M]``.
+    """
+    n, m = b.shape
+    diagonal = jnp.zeros((n,), b.dtype).at[: min(n, m)].set(jnp.diagonal(b))
+    shift = (1.0 - diagonal * (1.0 - diag_kept)) / jnp.maximum(n_keys, 1.0)
+    x = (b - jnp.clip(shift, 0.0, 1.0)[:, None]) * keys
+    return x, x * x
+
+
+def std_from_sums(s1, s2, n_keys):
+    """Per-row std ``[N]`` from the key sums of :func:`row_std_terms`; 0 where a row has fewer
+    than two keys (jnp)."""
+    c = jnp.maximum(n_keys, 1.0)
+    mean = s1 / c
+    var = jnp.maximum(s2 / c - mean * mean, 0.0)
+    return jnp.where(n_keys >= 2, jnp.sqrt(var), 0.0)
+
+
+def head_row_std(rows, n_keys, *, legacy: bool = False, empty: float = 0.0):
+    """A head's row_std from its rows' ``[..., N]``: the reference's mean over all ``N`` rows
+    (``legacy``), else the mean over rows with ≥ 2 keys (``n_keys [N]``; ``empty`` where there is
+    none)."""
+    if legacy:
+        return rows.mean(-1)
+    xp = _xp(rows)
+    ok = xp.asarray(n_keys) >= 2
+    okf = xp.broadcast_to(ok, rows.shape).astype(rows.dtype)
+    n_ok = okf.sum(-1)
+    return xp.where(n_ok > 0, (rows * okf).sum(-1) / xp.maximum(n_ok, 1.0), empty)
+
+
 def row_std_valid(x, mask, *, empty: float = 0.0):
     """Valid-keys row_std ``[..., N, M] -> [...]``: mean over rows with ≥ 2 valid keys (``empty``
     where there is none: 0 in training metrics, NaN in figures).
@@ -89,20 +162,18 @@ def row_std_valid(x, mask, *, empty: float = 0.0):
     >>> float(row_std_valid(b, np.tril(np.ones((4, 4), bool))))
     0.0
     """
-    xp = _xp(x)
-    std = row_std_rows(x, mask, empty=0.0)
-    ok = xp.asarray(mask).sum(-1) >= 2
-    okf = xp.broadcast_to(ok, std.shape).astype(std.dtype)
-    n_ok = okf.sum(-1)
-    return xp.where(n_ok > 0, (std * okf).sum(-1) / xp.maximum(n_ok, 1.0), empty)
+    n_keys = _xp(x).asarray(mask).sum(-1)
+    return head_row_std(row_std_rows(x, mask, empty=0.0), n_keys, empty=empty)
 
 
 def row_std_legacy(x):
-    """The reference's row_std: ``[..., N, N] -> [...]`` (see the module docstring)."""
+    """The reference's row_std: ``[..., N, N] -> [...]`` (see the module docstring); a row with a
+    single off-diagonal key (N = 2) has std 0."""
     n = x.shape[-1]
     if n < 2:
         return _xp(x).zeros(x.shape[:-2])
-    return row_std_rows(x, ~np.eye(n, dtype=bool)).mean(-1)
+    keys = row_std_keys(np.ones((n, n), bool), legacy=True)
+    return head_row_std(row_std_rows(x, keys, empty=0.0), keys.sum(-1), legacy=True)
 
 
 def row_entropy(beta, mask):

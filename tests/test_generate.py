@@ -11,7 +11,7 @@ from flax import nnx
 
 from gaugeformer import sampling as gen
 from gaugeformer.config import PROFILES, ModelConfig
-from gaugeformer.data.tokenizer import ByteTokenizer, get_tokenizer
+from gaugeformer.data.tokenizer import get_tokenizer
 from gaugeformer.model.lm import GaugeTransformerLM
 
 M = 16
@@ -173,7 +173,7 @@ def test_one_compile_for_every_token_and_call(clean):
     first = gen.decode_step._cache_size()
     gen.generate(clean, [3, 4, 5, 6, 7], max_new_tokens=4, temperature=0.7, top_k=5, top_p=0.9,
                  seed=3)
-    gen.generate(clean, "text", tokenizer=ByteTokenizer(), max_new_tokens=2)
+    gen.generate(clean, "text", tokenizer=get_tokenizer("bytes"), max_new_tokens=2)
     assert first - before <= 1 and gen.decode_step._cache_size() == first
 
 
@@ -188,7 +188,7 @@ def test_text_prompt_seed_and_loaded(clean):
     assert isinstance(text, str) and text.startswith("Hi!")
     assert gen.generate(loaded, "Hi!", max_new_tokens=5, seed=7) == text  # a seed fixes it
     ids = gen.generate(clean, [72, 105, 33], max_new_tokens=5, seed=7)
-    assert ByteTokenizer().decode(ids) == text
+    assert get_tokenizer("bytes").decode(ids) == text
     others = {gen.generate(clean, [72, 105, 33], max_new_tokens=5, seed=s)[3] for s in range(12)}
     assert len(others) > 1  # temperature 1 does sample
     assert gen.generate(clean, [5], max_new_tokens=0) == [5]

@@ -13,7 +13,7 @@ from flax import nnx
 import gaugeformer as gf
 from gaugeformer import checkpoint as ckpt
 from gaugeformer.convert import convert as cv
-from gaugeformer.data.text import load_embedded_dataset
+from gaugeformer.data.corpus import load_embedded_dataset
 from gaugeformer.data.tokenizer import get_tokenizer
 from gaugeformer.loading import CheckpointLoadError, irreps_for_heads, random_model
 from gaugeformer.testing import FORWARD_RTOL, rel_err
@@ -98,7 +98,7 @@ def test_training_run_directory(trained):
     # the tokenizer comes from the checkpoint alone: the kept ids of the restricted vocabulary
     data = load_embedded_dataset("gpt2", vocab_size=64)
     tok = latest.tokenizer
-    assert tok.kind == "gpt2" and tok.restricted and len(tok.kept_ids) == 63
+    assert tok.name == "gpt2" and tok.restricted and len(tok.kept_ids) == 63
     np.testing.assert_array_equal(tok.kept_ids, data.vocab_map.kept_ids)
     ids = data.validation[:40]
     expected = data.vocab_map.to_original(ids)  # UNKs dropped, as the reference decodes

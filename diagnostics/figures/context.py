@@ -209,7 +209,8 @@ def _avg_block(sub: SubFigure, avg: np.ndarray, mask: np.ndarray, toks: list[str
     cb = sub.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=35, pad=0.02)
     cb.set_label("log\u2081\u2080 \u03b2\u0304\u1d62\u2c7c", fontsize=9)
     per_row = attn_stats.row_std_rows(avg, mask)
-    _row_bars(bx, per_row, "#4682b4", attn_stats.MEDIUM_THRESHOLD, "uniform threshold 0.05")
+    _row_bars(bx, per_row, "#4682b4", attn_stats.MEDIUM_THRESHOLD,
+              f"uniform threshold {attn_stats.MEDIUM_THRESHOLD:.2f}")
     bx.set_title("Row uniformity\nstd over valid keys", fontsize=9)
     bx.set_xlabel("std(\u03b2\u0304\u1d62\u00b7)", fontsize=8)
 

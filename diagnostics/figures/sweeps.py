@@ -57,8 +57,10 @@ def plot_kappa_sweep(
         cols = [i for i, x in enumerate(labels) if x == lab]
         ax.plot(ks, vals[:, cols].mean(1), color=_irrep_colour(lab), lw=2.6, ls="--",
                 marker="o", ms=4, label=f"{lab} (\u00d7{len(cols)}, mean)")
-    ax.axhline(attn_stats.SHARP_THRESHOLD, color=STATUS_COLOURS["SHARP"], ls=":", lw=1.2, label="SHARP > 0.10")
-    ax.axhline(attn_stats.MEDIUM_THRESHOLD, color=STATUS_COLOURS["MEDIUM"], ls=":", lw=1.2, label="MEDIUM > 0.05")
+    ax.axhline(attn_stats.SHARP_THRESHOLD, color=STATUS_COLOURS["SHARP"], ls=":", lw=1.2,
+               label=f"SHARP > {attn_stats.SHARP_THRESHOLD:.2f}")
+    ax.axhline(attn_stats.MEDIUM_THRESHOLD, color=STATUS_COLOURS["MEDIUM"], ls=":", lw=1.2,
+               label=f"MEDIUM > {attn_stats.MEDIUM_THRESHOLD:.2f}")
     if ks.size > 1 and ks.min() > 0 and ks.max() / ks.min() >= 10:
         ax.set_xscale("log")
     ax.set_xlabel("\u03ba (attention temperature)")

@@ -445,6 +445,11 @@ def _quiet(msg: str) -> None:
     del msg
 
 
+def echo(msg: str) -> None:
+    """The converter's console log: print and flush."""
+    print(msg, flush=True)
+
+
 def load_reference(path: str | os.PathLike, config: str | os.PathLike | None = None,
                    log: Log = _quiet) -> tuple[GaugeTransformerLM, RecoveredConfig, CheckpointParts]:
     """Read a reference checkpoint file, recover and check its config, and build the model.

@@ -1,45 +1,10 @@
-"""Data pipeline: tokenizers, corpora, token caches and batch iterators."""
+"""Data pipeline; callers import the submodules:
 
-from gaugeformer.data.text import (
-    DatasetUnavailableError,
-    EvalBatch,
-    EvalBatches,
-    TokenDataset,
-    TrainBatches,
-    VocabMap,
-    clean_wikitext_rows,
-    clean_wikitext_text,
-    encode_text,
-    load_embedded_corpus,
-    load_embedded_dataset,
-    load_wikitext,
-    make_wikitext_format_file,
-    split_embedded_corpus,
-)
-from gaugeformer.data.tokenizer import (
-    ByteTokenizer,
-    RestrictedTokenizer,
-    get_gpt2_encoding,
-    get_tokenizer,
-)
-
-__all__ = [
-    "ByteTokenizer",
-    "RestrictedTokenizer",
-    "DatasetUnavailableError",
-    "EvalBatch",
-    "EvalBatches",
-    "TokenDataset",
-    "TrainBatches",
-    "VocabMap",
-    "clean_wikitext_rows",
-    "clean_wikitext_text",
-    "encode_text",
-    "get_gpt2_encoding",
-    "get_tokenizer",
-    "load_embedded_corpus",
-    "load_embedded_dataset",
-    "load_wikitext",
-    "make_wikitext_format_file",
-    "split_embedded_corpus",
-]
+* :mod:`~gaugeformer.data.tokenizer`: the one tokenizer type (``Tokenizer``, ``get_tokenizer``) and
+  its codecs (offline GPT-2 BPE, UTF-8 bytes);
+* :mod:`~gaugeformer.data.vocab`: the reference's restricted vocabulary (``VocabMap``);
+* :mod:`~gaugeformer.data.text`: WikiText cleaning and the chunked encode;
+* :mod:`~gaugeformer.data.corpus`: WikiText and the embedded corpus → ``TokenDataset``;
+* :mod:`~gaugeformer.data.cache`: the ``.npy`` token cache;
+* :mod:`~gaugeformer.data.batches`: training and evaluation batches.
+"""

@@ -104,7 +104,8 @@ class DataConfig:
 
     @property
     def data_files(self) -> dict[str, tuple[str, ...]] | None:
-        """``{"train": ..., "validation": ...}`` for :func:`gaugeformer.data.text.load_wikitext`."""
+        """``{"train": ..., "validation": ...}`` for
+        :func:`~gaugeformer.data.corpus.load_wikitext`."""
         if self.train_files is None:
             return None
         return {"train": self.train_files, "validation": self.validation_files}

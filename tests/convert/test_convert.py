@@ -1,5 +1,5 @@
-"""scripts/convert_checkpoint.py and gaugeformer.convert.convert: conversion, config recovery,
-optimizer moments, orbax layout, validation and bad input.
+"""scripts/convert_checkpoint.py, gaugeformer.convert.convert and .validation: conversion, config
+recovery, optimizer moments, orbax layout, validation and bad input.
 
 JAX compiles dominate the runtime: only T_A_v256 and G_v256 are validated against their whole
 golden.npz here (A_v256 and D_v256 by logits); the four-fixture CLI run is ``@pytest.mark.slow``.

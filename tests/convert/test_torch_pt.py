@@ -1,4 +1,4 @@
-"""Tests for the torch-free checkpoint reader (gaugeformer.convert.torch_pt).
+"""Tests for the torch-free checkpoint reader (gaugeformer.convert.torch_pt and its pt_* modules).
 
 Synthetic checkpoints are crafted here with ``pickle`` + ``zipfile`` in torch's own layout
 (``<prefix>/data.pkl``, ``<prefix>/data/<key>``, ``<prefix>/byteorder``, ...), so no torch is
@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from gaugeformer.convert.torch_pt import (
+from gaugeformer.convert.pt_errors import (
     CheckpointError,
     CheckpointLayoutError,
     CorruptCheckpointError,
@@ -33,10 +33,8 @@ from gaugeformer.convert.torch_pt import (
     StorageBoundsError,
     UnsafeCheckpointError,
     UnsupportedDtypeError,
-    load_pt,
-    load_safetensors,
-    split_checkpoint,
 )
+from gaugeformer.convert.torch_pt import load_pt, load_safetensors, split_checkpoint
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE_NAMES = ("A_v256", "D_v256", "G_v256", "T_A_v256")

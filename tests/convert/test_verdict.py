@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from gaugeformer.convert import verdict as V
-from gaugeformer.convert.convert import golden_values, with_direct_kl
+from gaugeformer.convert.validation import golden_values, with_direct_kl
 from gaugeformer.model.lm import GaugeTransformerLM
 from gaugeformer.ops.positional import sinusoidal_table
 from gaugeformer.testing import load_reference_fixture

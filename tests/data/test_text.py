@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gaugeformer.data import batches as B
+from gaugeformer.data import cache, vocab
+from gaugeformer.data import corpus as D
 from gaugeformer.data import text as T
 from gaugeformer.data.tokenizer import get_gpt2_encoding
 
@@ -49,7 +52,7 @@ def test_chunked_encode_equals_single_encode():
         T.clean_wikitext_rows(
             [" = A = \n", "  x  \n", " it's 1,000 — ok!!  \n", "\n", " tail   \t \n"] * 200
         )
-        + T.load_embedded_corpus()[:20000]
+        + D.load_embedded_corpus()[:20000]
     )
     want = np.asarray(enc.encode(text), np.int32)
     for chunk in (7, 100, 4096):
@@ -79,8 +82,8 @@ def test_bytes_encode():
 @pytest.fixture()
 def wiki_files(tmp_path: Path) -> dict[str, Path]:
     return {
-        "train": T.make_wikitext_format_file(tmp_path / "wiki.train.raw", n_articles=3, seed=1),
-        "validation": T.make_wikitext_format_file(tmp_path / "wiki.valid.raw", seed=2),
+        "train": D.make_wikitext_format_file(tmp_path / "wiki.train.raw", n_articles=3, seed=1),
+        "validation": D.make_wikitext_format_file(tmp_path / "wiki.valid.raw", seed=2),
     }
 
 
@@ -94,7 +97,7 @@ def test_wikitext_format_file_shape(wiki_files):
 
 
 def test_local_file_rows_through_datasets(wiki_files, tmp_path):
-    rows = T.load_wikitext_rows(
+    rows = D.load_wikitext_rows(
         "wikitext-2", "train", data_files=wiki_files, hf_cache_dir=tmp_path / "hf"
     )
     raw = wiki_files["train"].read_text()
@@ -105,7 +108,7 @@ def test_local_file_rows_through_datasets(wiki_files, tmp_path):
 
 def test_load_wikitext_local_and_cache_hit(wiki_files, tmp_path, monkeypatch):
     kwargs = dict(data_files=wiki_files, cache_dir=tmp_path / "tok", hf_cache_dir=tmp_path / "hf")
-    ds = T.load_wikitext("wikitext-2", **kwargs)
+    ds = D.load_wikitext("wikitext-2", **kwargs)
     enc = get_gpt2_encoding()
     rows = wiki_files["validation"].read_text().splitlines(keepends=True)
     want = enc.encode(T.clean_wikitext_rows(rows))
@@ -119,38 +122,38 @@ def test_load_wikitext_local_and_cache_hit(wiki_files, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("re-tokenised or re-read despite the cache")
 
-    monkeypatch.setattr(T, "encode_text", boom)
-    monkeypatch.setattr(T, "load_wikitext_rows", boom)
-    again = T.load_wikitext("wikitext-2", **kwargs)
+    monkeypatch.setattr(D, "encode_text", boom)
+    monkeypatch.setattr(D, "load_wikitext_rows", boom)
+    again = D.load_wikitext("wikitext-2", **kwargs)
     np.testing.assert_array_equal(again.train, ds.train)
     np.testing.assert_array_equal(again.validation, ds.validation)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
 def test_cache_key_depends_on_content_tokenizer_and_cleaning(wiki_files, tmp_path, monkeypatch):
-    tag, _ = T._source_tag("wikitext-2", "train", wiki_files)
-    p1 = T.token_cache_path(tmp_path, tag, "train", "gpt2")
-    assert p1 != T.token_cache_path(tmp_path, tag, "train", "bytes")
-    assert p1 != T.token_cache_path(tmp_path, tag, "validation", "gpt2")
-    monkeypatch.setattr(T, "CLEANING_VERSION", "other")
-    assert p1 != T.token_cache_path(tmp_path, tag, "train", "gpt2")
+    tag, _ = D._source_tag("wikitext-2", "train", wiki_files)
+    p1 = cache.token_cache_path(tmp_path, tag, "train", "gpt2")
+    assert p1 != cache.token_cache_path(tmp_path, tag, "train", "bytes")
+    assert p1 != cache.token_cache_path(tmp_path, tag, "validation", "gpt2")
+    monkeypatch.setattr(cache, "CLEANING_VERSION", "other")
+    assert p1 != cache.token_cache_path(tmp_path, tag, "train", "gpt2")
     time.sleep(0.01)
     wiki_files["train"].write_text(wiki_files["train"].read_text() + " extra \n")
-    assert T._source_tag("wikitext-2", "train", wiki_files)[0] != tag
+    assert D._source_tag("wikitext-2", "train", wiki_files)[0] != tag
 
 
 def test_bytes_dataset_and_vocab_restriction(wiki_files, tmp_path):
     kwargs = dict(data_files=wiki_files, cache_dir=tmp_path / "tok", hf_cache_dir=tmp_path / "hf")
-    ds = T.load_wikitext("wikitext-2", tokenizer="bytes", **kwargs)
+    ds = D.load_wikitext("wikitext-2", tokenizer="bytes", **kwargs)
     assert ds.vocab_size == 256 and ds.train.max() < 256
-    small = T.load_wikitext("wikitext-2", vocab_size=20, **kwargs)
+    small = D.load_wikitext("wikitext-2", vocab_size=20, **kwargs)
     assert small.vocab_size == 20 and small.vocab_map is not None
     assert small.train.max() <= 19 and small.validation.max() <= 19
 
 
 def test_missing_local_file_error(tmp_path):
-    with pytest.raises(T.DatasetUnavailableError, match="not found"):
-        T.load_wikitext(
+    with pytest.raises(D.DatasetUnavailableError, match="not found"):
+        D.load_wikitext(
             "wikitext-2", data_files={"train": tmp_path / "nope.raw"}, cache_dir=tmp_path
         )
 
@@ -164,8 +167,8 @@ def test_hub_offline_fails_fast_with_clear_error(tmp_path):
     if not datasets.config.HF_HUB_OFFLINE:
         pytest.skip("datasets was imported without HF_HUB_OFFLINE=1")
     t0 = time.perf_counter()
-    with pytest.raises(T.DatasetUnavailableError, match=r"--data-files.*") as err:
-        T.load_wikitext("wikitext-2", cache_dir=tmp_path / "tok", hf_cache_dir=tmp_path / "hf")
+    with pytest.raises(D.DatasetUnavailableError, match=r"--data-files.*") as err:
+        D.load_wikitext("wikitext-2", cache_dir=tmp_path / "tok", hf_cache_dir=tmp_path / "hf")
     assert time.perf_counter() - t0 < 10
     assert "network" in str(err.value) and "Salesforce/wikitext" in str(err.value)
 
@@ -177,10 +180,10 @@ def test_hub_error_is_wrapped(tmp_path, monkeypatch):
         raise ConnectionError("Offline mode is enabled.")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(T.DatasetUnavailableError, match="wikitext-103-raw-v1"):
-        T.load_wikitext_rows("wikitext-103", "train")
+    with pytest.raises(D.DatasetUnavailableError, match="wikitext-103-raw-v1"):
+        D.load_wikitext_rows("wikitext-103", "train")
     with pytest.raises(ValueError, match="unknown dataset"):
-        T.load_wikitext_rows("ptb", "train")
+        D.load_wikitext_rows("ptb", "train")
 
 
 # -- vocabulary restriction (spec §9.3) -----------------------------------------------------------
@@ -188,11 +191,11 @@ def test_hub_error_is_wrapped(tmp_path, monkeypatch):
 
 def test_vocab_map_frequency_ties_first_seen():
     train = np.array([9, 5, 5, 7, 7, 3, 3, 3, 8], np.int32)
-    vmap = T.build_vocab_map(train, vocab_size=4)  # keep 3: counts 3→3, then 5,7 (tie: 5 first)
+    vmap = vocab.build_vocab_map(train, vocab_size=4)  # keep 3: counts 3→3, then 5,7 (tie: 5 first)
     np.testing.assert_array_equal(vmap.kept_ids, [3, 5, 7])
     np.testing.assert_array_equal(vmap.apply(train, vmap.train_unk), [3, 1, 1, 2, 2, 0, 0, 0, 3])
     np.testing.assert_array_equal(vmap.to_original([0, 3, 2]), [3, 7])
-    few = T.build_vocab_map(np.array([1, 1, 2]), vocab_size=10)  # reference edge case
+    few = vocab.build_vocab_map(np.array([1, 1, 2]), vocab_size=10)  # reference edge case
     assert few.train_unk == 9 and few.validation_unk == 2
 
 
@@ -201,7 +204,7 @@ def test_vocab_map_frequency_ties_first_seen():
 
 def test_train_windows_are_next_token_pairs():
     tokens = np.arange(100, dtype=np.int32)
-    tb = T.TrainBatches(tokens, batch_size=4, seq_len=8, seed=3)
+    tb = B.TrainBatches(tokens, batch_size=4, seq_len=8, seed=3)
     assert tb.num_windows == 92 and tb.batches_per_epoch == 23
     x, y = tb.batch(0)
     assert x.shape == y.shape == (4, 8) and x.dtype == np.int32
@@ -214,12 +217,12 @@ def test_train_windows_are_next_token_pairs():
 
 def test_train_iterator_resumes_exactly():
     tokens = np.random.default_rng(0).integers(0, 50257, 5000).astype(np.int32)
-    run = T.TrainBatches(tokens, batch_size=8, seq_len=16, seed=7)
+    run = B.TrainBatches(tokens, batch_size=8, seq_len=16, seed=7)
     assert run.batches_per_epoch == 623
     it = run.iterate(0)
     full = [next(it) for _ in range(1400)]  # crosses two epoch boundaries
     for k in (0, 5, 617, 623, 1000):
-        resumed = T.TrainBatches(tokens, batch_size=8, seq_len=16, seed=7)  # fresh: no state
+        resumed = B.TrainBatches(tokens, batch_size=8, seq_len=16, seed=7)  # fresh: no state
         it2 = resumed.iterate(k)
         for step, x, y in full[k:]:
             s2, x2, y2 = next(it2)
@@ -227,14 +230,14 @@ def test_train_iterator_resumes_exactly():
             np.testing.assert_array_equal(x, x2)
             np.testing.assert_array_equal(y, y2)
     assert run.position(1000) == (1, 377)
-    other = T.TrainBatches(tokens, batch_size=8, seq_len=16, seed=8)
+    other = B.TrainBatches(tokens, batch_size=8, seq_len=16, seed=8)
     assert not np.array_equal(other.batch(0)[0], full[0][1])
 
 
 @pytest.mark.parametrize("n,b,t", [(101, 4, 10), (100, 4, 10), (57, 3, 8), (2, 5, 4), (161, 2, 10)])
 def test_eval_batches_cover_every_target_once(n, b, t):
     tokens = np.arange(1000, 1000 + n, dtype=np.int32)
-    ev = T.EvalBatches(tokens, batch_size=b, seq_len=t)
+    ev = B.EvalBatches(tokens, batch_size=b, seq_len=t)
     seen = []
     for batch in ev:
         assert batch.x.shape == batch.y.shape == batch.mask.shape == (b, t)
@@ -248,7 +251,7 @@ def test_eval_batches_cover_every_target_once(n, b, t):
 
 def test_reference_eval_batches_match_reference_window_span():
     tokens = np.arange(1000, dtype=np.int32)
-    batches = list(T.reference_eval_batches(tokens, batch_size=24, seq_len=94, max_batches=5))
+    batches = list(B.reference_eval_batches(tokens, batch_size=24, seq_len=94, max_batches=5))
     assert len(batches) == 5
     assert batches[-1][0][-1, 0] == 119 and batches[-1][1].max() == 213
 
@@ -259,7 +262,7 @@ BOTCHAN_SHA256 = "8eb9a819d3434619c6544248936423009859352635d40a626d58d7c0314d10
 
 
 def test_embedded_corpus_is_clean_prose():
-    text = T.load_embedded_corpus()
+    text = D.load_embedded_corpus()
     assert hashlib.sha256(text.encode()).hexdigest() == BOTCHAN_SHA256
     assert len(text) == 254_781 and text.count("\n") == 3959
     assert text.startswith("BOTCHAN (MASTER DARLING)") and text.rstrip().endswith("--(THE END)--")
@@ -269,13 +272,13 @@ def test_embedded_corpus_is_clean_prose():
 
 
 def test_embedded_split_and_dataset():
-    text = T.load_embedded_corpus()
-    train, val = T.split_embedded_corpus(text, 0.1)
+    text = D.load_embedded_corpus()
+    train, val = D.split_embedded_corpus(text, 0.1)
     assert train + val == text and train.endswith("\n")
     assert 0.09 < len(val) / len(text) < 0.11
-    assert T.split_embedded_corpus(text, 0.1) == (train, val)  # deterministic
-    ds = T.load_embedded_dataset("gpt2")
+    assert D.split_embedded_corpus(text, 0.1) == (train, val)  # deterministic
+    ds = D.load_embedded_dataset("gpt2")
     assert (len(ds.train), len(ds.validation)) == (58_101, 6_571) and ds.vocab_size == 50257
-    by = T.load_embedded_dataset("bytes")
+    by = D.load_embedded_dataset("bytes")
     assert (len(by.train), len(by.validation)) == (len(train), len(val)) and by.vocab_size == 256
     assert "Botchan" in ds.summary()

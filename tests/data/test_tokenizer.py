@@ -1,4 +1,5 @@
-"""GPT-2 BPE (offline, sha256-verified) and byte tokenizer."""
+"""The one tokenizer type (plain, byte and restricted vocabularies) and its codecs: GPT-2 BPE
+(offline, sha256-verified) and UTF-8 bytes."""
 
 from pathlib import Path
 
@@ -39,8 +40,13 @@ def test_gpt2_round_trip(gpt2):
 
 
 def test_get_tokenizer_dispatch(gpt2):
-    assert tk.get_tokenizer("gpt2") is gpt2  # cached
-    assert isinstance(tk.get_tokenizer("bytes"), tk.ByteTokenizer)
+    tok = tk.get_tokenizer("gpt2")
+    assert isinstance(tok, tk.Tokenizer) and tok.encoding is gpt2  # the cached codec
+    assert (tok.name, tok.vocab_size, tok.restricted) == ("gpt2", 50257, False)
+    assert tok.encode("hello world").tolist() == [31373, 995]
+    assert tok.decode([15496, 995]) == "Hello world" and tok.describe() == "GPT-2 BPE"
+    assert isinstance(tk.get_tokenizer("bytes").encoding, tk.ByteEncoding)
+    assert tk.get_tokenizer("bytes").vocab_size == 256
     with pytest.raises(ValueError, match="unknown tokenizer"):
         tk.get_tokenizer("sentencepiece")
 
@@ -57,8 +63,8 @@ def test_corrupt_asset_rejected(tmp_path: Path):
         tk.get_gpt2_encoding(bad)
 
 
-def test_byte_tokenizer():
-    bt = tk.ByteTokenizer()
+def test_byte_encoding():
+    bt = tk.ByteEncoding()
     assert bt.n_vocab == 256 and bt.name == "bytes"
     assert bt.encode("hi é") == [104, 105, 32, 195, 169]
     text = "Botchan — 坊っちゃん\n"
@@ -66,31 +72,40 @@ def test_byte_tokenizer():
     assert bt.encode_to_numpy(text).tolist() == bt.encode(text)
     assert bt.decode([0xFF]) == "\ufffd"
     assert bt.encode_batch(["a", "b"]) == [[97], [98]]
-    assert isinstance(bt, tk.Tokenizer)
+    tok = tk.get_tokenizer("bytes")
+    assert tok.encode(text).tolist() == bt.encode(text) and tok.decode(tok.encode(text)) == text
+    assert tok.pieces([104, 195]) == [b"h", b"\xc3"]  # partial UTF-8 kept per token
 
 
 def test_restricted_tokenizer_round_trip_and_unk():
     """kept ids [104, 105, 108] of the byte tokenizer ('h', 'i', 'l'): V = 4, UNK = 3."""
     tok = tk.get_tokenizer("bytes", kept_ids=[104, 105, 108])
-    assert isinstance(tok, tk.RestrictedTokenizer) and tok.n_vocab == 4 and tok.name == "bytes"
-    assert tok.encode("hill") == [0, 1, 2, 2]
-    assert tok.encode("hello") == [0, 3, 2, 2, 3]  # 'e', 'o' are not kept -> UNK
+    assert tok.restricted and tok.n_vocab == 4 and tok.name == "bytes"
+    assert tok.encode("hill").tolist() == [0, 1, 2, 2] and tok.encode("hill").dtype == np.int32
+    assert tok.encode("hello").tolist() == [0, 3, 2, 2, 3]  # 'e', 'o' are not kept -> UNK
     assert tok.decode([0, 1, 2, 2]) == "hill"
-    assert tok.decode([0, 3, 2, 2, 3]) == "hll"  # UNKs dropped, as the reference's decode does
+    assert tok.pieces([0, 3]) == [b"h", b"<unk>"]
+    assert tok.decode([0, 3, 2, 2, 3]) == "h<unk>ll<unk>"  # UNKs shown, as every piece
+    assert tok.describe() == "UTF-8 bytes restricted to 4 ids"
     wide = tk.get_tokenizer("bytes", kept_ids=[104, 105], vocab_size=8)
-    assert wide.n_vocab == 8 and wide.encode("hix") == [0, 1, 7]
+    assert wide.n_vocab == 8 and wide.encode("hix").tolist() == [0, 1, 7]
+    # the checkpoint record round-trips, kept ids included
+    meta = wide.to_meta()
+    assert meta == {"kind": "bytes", "vocab_size": 8, "kept_ids": [104, 105]}
+    back = tk.Tokenizer.from_meta(meta)
+    assert back.encode("hix").tolist() == [0, 1, 7] and back.kept_ids.tolist() == [104, 105]
 
 
 def test_restricted_tokenizer_matches_vocab_map():
-    from gaugeformer.data.text import build_vocab_map
+    from gaugeformer.data.vocab import build_vocab_map
 
     ids = np.array([5, 5, 9, 7, 9, 5, 2, 11], np.int64)
     vmap = build_vocab_map(ids, 4)  # three most frequent: 5, 9, then 7 (first seen of the ties)
-    tok = tk.RestrictedTokenizer(tk.ByteTokenizer(), vmap.kept_ids, vmap.vocab_size)
+    tok = tk.Tokenizer("bytes", vmap.vocab_size, vmap.kept_ids)
     assert list(vmap.kept_ids) == [5, 7, 9]
     text = bytes([5, 9, 2, 7]).decode()
-    assert tok.encode(text) == vmap.apply(np.array([5, 9, 2, 7]), vmap.train_unk).tolist()
-    assert tok.encode(text) == [0, 2, 3, 1]
+    assert tok.encode(text).tolist() == vmap.apply(np.array([5, 9, 2, 7]), vmap.train_unk).tolist()
+    assert tok.encode(text).tolist() == [0, 2, 3, 1]
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -26,7 +26,8 @@ from diagnostics import capture as C  # noqa: E402
 from diagnostics.export import load_bertviz  # noqa: E402
 from diagnostics.cli import visualize_parser  # noqa: E402
 from gaugeformer.loading import CheckpointLoadError, load, random_model  # noqa: E402
-from gaugeformer.data.text import clean_wikitext_rows, make_wikitext_format_file  # noqa: E402
+from gaugeformer.data.corpus import make_wikitext_format_file, resolve_tokenizer  # noqa: E402
+from gaugeformer.data.text import clean_wikitext_rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 T_A = ROOT / "tests" / "fixtures" / "T_A_v256"
@@ -222,13 +223,13 @@ def test_loader_messages(tmp_path, env) -> None:
 
 
 def test_tokenizer_resolution() -> None:
-    assert C.resolve_tokenizer(256).name == "bytes"
-    assert C.resolve_tokenizer(50257).name == "gpt2"
+    assert resolve_tokenizer(256).name == "bytes"
+    assert resolve_tokenizer(50257).name == "gpt2"
     with pytest.raises(ValueError, match="restricted GPT-2 vocabulary"):
-        C.resolve_tokenizer(2048)
+        resolve_tokenizer(2048)
     with pytest.raises(ValueError, match="fits neither"):
-        C.resolve_tokenizer(64)
-    gpt2 = C.resolve_tokenizer(50257)
+        resolve_tokenizer(64)
+    gpt2 = resolve_tokenizer(50257)
     seq = C.text_sequence("Hello wörld", gpt2, max_len=2)
     assert len(seq) == 2 and "first 2 of" in seq.source
     assert b"".join(gpt2.pieces(gpt2.encode("Hello wörld"))).decode() == "Hello wörld"

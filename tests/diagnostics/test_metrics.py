@@ -300,23 +300,32 @@ def test_row_sums_with_the_eps_floor(table):
     assert m["future_mass_mean"][0, 0, 0] == pytest.approx(masked.mean() * EPS, rel=1e-4)
 
 
-def test_public_row_std_agrees_with_all_metrics():
-    n = 64  # one shape: the public functions compile separately from all_metrics
+def test_report_row_std_is_the_stats_row_std():
+    """all_metrics computes row_std in one fused pass from gaugeformer.stats' pieces: its numbers
+    are stats.row_std_legacy / row_std_valid (two passes, float64 here) to float32 rounding."""
+    import jax.numpy as jnp
+
+    n = 64
     beta = table_patterns(n)
     m = run(beta)
-    np.testing.assert_allclose(
-        jax.device_get(M.row_std(beta)), m["row_std_legacy"], atol=1e-6, rtol=0
-    )
-    np.testing.assert_allclose(
-        jax.device_get(M.row_std(beta, mode="valid")), m["row_std_valid"], atol=1e-6, rtol=0
-    )
-    std, cnt = jax.device_get(M.row_std_per_row(beta[0, 2, 0], mode="valid", include_diag=False))
-    np.testing.assert_array_equal(cnt, np.arange(n))  # row i: keys 0..i-1
-    ones = cnt >= 2
-    expect = np.where(ones, np.sqrt(np.maximum(cnt - 1, 0)) / np.maximum(cnt, 1), 0.0)
-    np.testing.assert_allclose(std, expect, atol=2e-6)
-    with pytest.raises(ValueError):
-        M.row_std(beta, mode="strict")
+    mask = causal(n)
+    b64 = np.asarray(beta, np.float64)
+    np.testing.assert_allclose(stats.row_std_legacy(b64), m["row_std_legacy"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(stats.row_std_valid(b64, mask), m["row_std_valid"], atol=1e-6,
+                               rtol=0)
+    keys = stats.row_std_keys(mask, include_diag=False)
+    np.testing.assert_array_equal(keys.sum(-1), np.arange(n))  # row i: keys 0..i-1
+    cnt = np.arange(n)
+    expect = np.where(cnt >= 2, np.sqrt(np.maximum(cnt - 1, 0)) / np.maximum(cnt, 1), 0.0)
+    np.testing.assert_allclose(stats.row_std_rows(b64[0, 2, 0], keys, empty=0.0), expect,
+                               atol=1e-12)
+    # the one-pass summands give the same per-row std as two passes
+    b = jnp.asarray(beta[0, 2, 0])
+    keys_f = jnp.asarray(keys, b.dtype)
+    diag = jnp.asarray(np.diagonal(keys), b.dtype)
+    x, xx = stats.row_std_terms(b, keys_f, keys_f.sum(-1), diag)
+    one_pass = stats.std_from_sums(x.sum(-1), xx.sum(-1), keys_f.sum(-1))
+    np.testing.assert_allclose(np.asarray(one_pass), expect, atol=2e-6)
 
 
 def test_hand_made_positional_bias():

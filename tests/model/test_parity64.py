@@ -37,7 +37,7 @@ import pytest
 from flax import nnx
 
 import gaugeformer.ops.attention as att_ops
-from gaugeformer.convert.convert import float64_mode, golden_values, to_float64
+from gaugeformer.convert.validation import float64_mode, golden_values, to_float64
 from gaugeformer.model.lm import run_with_cache
 from gaugeformer.testing import golden_error, load_reference_fixture
 

@@ -85,16 +85,16 @@ def test_tiled_train_step_has_no_pairwise_array_and_hooks_still_get_full_matrice
 
 
 def test_the_trainers_step_runs_tiled_once_the_sequence_spans_several_tiles():
-    """``train.loop``'s loss (with its per-step hooks) builds no pairwise array when N > tile, and
+    """``train.steps``' loss (with its per-step hooks) builds no pairwise array when N > tile, and
     records every hook (β/KL statistics per layer) while N fits one tile."""
-    from gaugeformer.train.loop import LossWeights, _loss_with_hooks, step_hooks
+    from gaugeformer.train.steps import LossWeights, loss_with_hooks, step_hooks
 
     for tile, pairwise in ((8, False), (N, True)):
         model, tokens, targets = model_and_batch("reference", tile)
         graph, state = nnx.split(model)
 
         def grad(state):
-            return jax.grad(lambda s: _loss_with_hooks(nnx.merge(graph, s), tokens, targets,
+            return jax.grad(lambda s: loss_with_hooks(nnx.merge(graph, s), tokens, targets,
                                                        LossWeights(), True)[0])(state)
 
         big = [s for s in _shapes(jax.make_jaxpr(grad)(state).jaxpr) if sum(d >= N for d in s) >= 2]

@@ -8,8 +8,8 @@ from flax import nnx
 
 from gaugeformer.config import ModelConfig
 from gaugeformer.model.lm import GaugeTransformerLM
-from gaugeformer.train import loop
-from gaugeformer.train.optim import OptimConfig
+from gaugeformer.train.optim import OptimConfig, build_optimizer
+from gaugeformer.train.steps import LossWeights, train_step
 
 CFG = ModelConfig(vocab_size=32, embed_dim=4, n_layers=1, max_seq_len=8, irreps="1x0e+1x1e",
                   kappa_beta=1.0, ffn="mlp", hidden_dim=8)  # the optimizer is what is tested
@@ -22,10 +22,10 @@ def flat(model) -> dict:
 
 def train(optim_cfg: OptimConfig, batches) -> tuple[dict, list[dict]]:
     model = GaugeTransformerLM(CFG, rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, loop.build_optimizer(optim_cfg), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, build_optimizer(optim_cfg), wrt=nnx.Param)
     snapshots = []
     for x, y in batches:
-        loop.train_step(model, optimizer, x, y, weights=loop.LossWeights(), optim_cfg=optim_cfg)
+        train_step(model, optimizer, x, y, weights=LossWeights(), optim_cfg=optim_cfg)
         snapshots.append(flat(model))
     return flat(GaugeTransformerLM(CFG, rngs=nnx.Rngs(0))), snapshots
 

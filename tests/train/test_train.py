@@ -23,8 +23,8 @@ import gaugeformer as gf
 from diagnostics.training import FIGURES
 from gaugeformer import checkpoint as ckpt
 from gaugeformer.checkpoint import Checkpointer
-from gaugeformer.data.text import DatasetUnavailableError
-from gaugeformer.train import loop
+from gaugeformer.data.corpus import DatasetUnavailableError
+from gaugeformer.train import loop, steps
 from gaugeformer.train.config import ConfigError, RunConfig, apply_overrides, build_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,9 +62,9 @@ def run_a(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run_a")
     cfg = make_cfg("log.attention_figures=true", "log.curves=true", "train.profile_steps=[2, 3]",
                    f"log.tensorboard={str(HAS_TENSORBOARD).lower()}")
-    before = loop.train_step.jitted_fn._cache_size()
+    before = steps.train_step.jitted_fn._cache_size()
     summary = loop.train_and_evaluate(cfg, workdir, figures=FIGURES)
-    summary["cache_entries_added"] = loop.train_step.jitted_fn._cache_size() - before
+    summary["cache_entries_added"] = steps.train_step.jitted_fn._cache_size() - before
     return workdir, summary
 
 
@@ -188,7 +188,8 @@ def test_exact_resume_after_ctrl_c_and_killed_save(run_a, tmp_path):
 SIGTERM_CHILD = textwrap.dedent("""
     import json, sys, time
     from gaugeformer.train.config import RunConfig
-    from gaugeformer.train.loop import enable_compilation_cache, train_and_evaluate
+    from gaugeformer.train.loop import train_and_evaluate
+    from gaugeformer.train.runtime import enable_compilation_cache
     enable_compilation_cache()
 
     def slow(ctx):  # leave the parent time to send SIGTERM mid-run
@@ -277,7 +278,8 @@ TWO_DEVICES = textwrap.dedent("""
     import json, sys
     import jax
     from gaugeformer.train.config import RunConfig
-    from gaugeformer.train.loop import enable_compilation_cache, train_and_evaluate
+    from gaugeformer.train.loop import train_and_evaluate
+    from gaugeformer.train.runtime import enable_compilation_cache
     enable_compilation_cache()
     cfg = RunConfig.from_dict(json.loads(sys.argv[1]))
     summary = train_and_evaluate(cfg, sys.argv[2])
