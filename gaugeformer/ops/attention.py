@@ -21,7 +21,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
@@ -71,7 +70,7 @@ def kl_features(
     so causality holds exactly, and it is a constant for autodiff (the value does not depend on it).
     """
     s = sm.sandwich(f, sigma)  # [B,M,h,d,d]
-    chol_s = jnp.linalg.cholesky(gs.add_eye(s, eps))
+    chol_s = sm.cholesky(gs.add_eye(s, eps))
     p = gs.spd_inverse(chol_s)
     b = sm.mv(f, mu)
     q = gs.add_eye(sigma, eps)
@@ -79,7 +78,7 @@ def kl_features(
     c = jax.lax.stop_gradient(b[:, :1])
     a, b = sm.mv(einv, mu) - c, b - c
     pb = sm.mv(p, b)
-    ld_query = gs.chol_logdet(jnp.linalg.cholesky(q), eps_log)
+    ld_query = gs.chol_logdet(sm.cholesky(q), eps_log)
     lde = jnp.zeros_like(ld_query) if e_logabsdet is None else 2.0 * e_logabsdet
     queries = KLQueries(sig=sm.sandwich(einv, q), a=a, ld=ld_query, lde=lde)
     keys = KLKeys(p=p, pb=pb, quad_b=pr.einsum("bmhk,bmhk->bmh", b, pb), ld=gs.chol_logdet(chol_s, eps_log))
@@ -154,13 +153,14 @@ def kl_direct(
     omega = pr.einsum("bnhkl,bmhlp->bhnmkp", e, f)
     mu_t = pr.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
     sig_t = pr.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
-    chol_a = jnp.linalg.cholesky(gs.add_eye(sig_t, eps))
-    chol_q = jnp.linalg.cholesky(gs.add_eye(sigma, eps)).transpose(0, 2, 1, 3, 4)[:, :, :, None]
+    chol_a = sm.cholesky(gs.add_eye(sig_t, eps))
+    chol_q = sm.cholesky(gs.add_eye(sigma, eps)).transpose(0, 2, 1, 3, 4)[:, :, :, None]
     chol_q = jnp.broadcast_to(chol_q, chol_a.shape)
-    x = solve_triangular(chol_a, chol_q, lower=True)
+    linv_a = sm.tri_inverse(chol_a)
+    x = sm.mm(linv_a, chol_q)
     trace = jnp.sum(x * x, axis=(-2, -1))
     diff = mu_t - mu.transpose(0, 2, 1, 3)[:, :, :, None, :]
-    y = solve_triangular(chol_a, diff[..., None], lower=True)[..., 0]
+    y = sm.mv(linv_a, diff)
     mahal = jnp.sum(y * y, axis=-1)
     logdet = gs.chol_logdet(chol_a, eps_log) - gs.chol_logdet(chol_q, eps_log)
     return jnp.maximum(0.5 * (trace + mahal - d + logdet), 0.0)

@@ -92,7 +92,7 @@ class _Pulled:
 
 def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     rt = jnp.swapaxes(r, -1, -2)
-    chol = jnp.linalg.cholesky(gs.add_eye(sigma, eps))
+    chol = sm.cholesky(gs.add_eye(sigma, eps))
     ok = jnp.broadcast_to(jnp.all(jnp.isfinite(chol), axis=(0, 1, 3, 4)), chol.shape[:3])
     inv = gs.spd_inverse(chol)
     return _Pulled(
@@ -238,7 +238,7 @@ def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid
     g_bar = sm.mv(t.r, sm.mv(sums["bp"], a) - sums["bpa"])
     g_w = sm.mv(t.r, sm.mv(sums["wp"], a) - sums["wpa"])
     coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
-    inv_p = gs.spd_inverse(jnp.linalg.cholesky(gs.add_eye(sigma_p, hp.eps)))
+    inv_p = gs.spd_inverse(sm.cholesky(gs.add_eye(sigma_p, hp.eps)))
     g_self = hp.alpha * sm.mv(inv_p, mu - mu_p)
     h_self = 0.5 * hp.alpha * (inv_p - t.inv)
     h_align = 0.5 * hp.lam * (sm.sandwich(t.r, sums["bp"]) - row_beta * t.inv)
@@ -297,7 +297,7 @@ def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Arr
 
     def body(state):
         i, _ = state
-        ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(new + ladder[i] * ridge * eye)))
+        ok = jnp.all(jnp.isfinite(sm.cholesky(new + ladder[i] * ridge * eye)))
         return jnp.where(ok, i, i + 1), ok
 
     i, found = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False)))
