@@ -35,13 +35,15 @@ def mtv(a: Float[Array, "*b k i"], x: Float[Array, "*b k"]) -> Float[Array, "*b 
 
 @jax.custom_jvp
 def cholesky(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
-    """Lower Cholesky factor of SPD matrices (Cholesky–Banachiewicz, row by row), unrolled.
+    """Lower Cholesky factor of ``(A + Aᵀ)/2`` (Cholesky–Banachiewicz, row by row), unrolled.
 
-    Reads the lower triangle only.  A matrix that is not positive definite gives NaN entries from its first
-    non-positive pivot on, like ``jnp.linalg.cholesky`` (which fills the whole factor with NaN).  The
-    derivative is the closed form ``dL = L Φ(L⁻¹ dA L⁻ᵀ)`` (Φ: lower triangle, halved diagonal), written with
-    these products, so the backward never transposes the unrolled entries (d² slices, each a full-size pad).
+    Symmetrises its input like ``jnp.linalg.cholesky`` (so the gradient is symmetric).  A matrix that is not
+    positive definite gives NaN entries from its first non-positive pivot on (``jnp.linalg.cholesky`` fills
+    the whole factor with NaN).  The derivative is the closed form ``dL = L Φ(L⁻¹ dA L⁻ᵀ)`` (Φ: lower
+    triangle, halved diagonal), written with these products, so the backward never transposes the unrolled
+    entries (d² slices, each a full-size pad).
     """
+    a = 0.5 * (a + t(a))
     d = a.shape[-1]
     rows: list[list] = []
     for i in range(d):
@@ -59,7 +61,7 @@ def _cholesky_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     chol = cholesky(a)
     linv = tri_inverse(chol)
-    x = sandwich(linv, _mirror_lower(da))
+    x = sandwich(linv, 0.5 * (da + t(da)))
     d = a.shape[-1]
     phi = x * jnp.asarray(np.tril(np.ones((d, d))) - 0.5 * np.eye(d), a.dtype)
     return chol, mm(chol, phi)
@@ -86,12 +88,6 @@ def _tri_inverse_jvp(primals, tangents):
     (chol,), (dchol,) = primals, tangents
     linv = tri_inverse(chol)
     return linv, -mm(mm(linv, jnp.tril(dchol)), linv)
-
-
-def _mirror_lower(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
-    """The symmetric matrix with ``a``'s lower triangle."""
-    low = jnp.tril(a)
-    return low + jnp.swapaxes(jnp.tril(a, -1), -1, -2)
 
 
 def _assemble_lower(rows: list[list], like: Array) -> Array:

@@ -25,7 +25,7 @@ from gaugeformer.ops import gaussian as gs
 from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
 from gaugeformer.ops import tiling
-from gaugeformer.ops.attention import attention_logits, attention_weights
+from gaugeformer.ops.attention import attention_logits, attention_weights, pair_quadratic
 
 _RIDGE_LADDER = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1)
 
@@ -125,13 +125,10 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float, c: Array) -> tuple[Array, Ar
     d = tq.a.shape[-1]
     a, b = tq.a - c, tk.a - c
     pb = sm.mv(tk.p, b)
-    quad_a = pr.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
-    cross = pr.einsum("bnhk,bmhk->bhnm", a, pb)
     quad_b = pr.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
-    trace = pr.einsum("bnhkl,bmhkl->bhnm", tq.sig, tk.p)
     trace_p = jnp.trace(tk.p, axis1=-2, axis2=-1).transpose(0, 2, 1)[:, :, None, :]
     ld_k, ld_q = tk.ld.transpose(0, 2, 1), tq.ld.transpose(0, 2, 1)
-    base = trace + quad_a - 2.0 * cross + quad_b - d + ld_k[:, :, None, :] - ld_q[..., None]
+    base = pair_quadratic(tq.sig, a, tk.p, pb) + quad_b - d + ld_k[:, :, None, :] - ld_q[..., None]
     return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
