@@ -90,6 +90,20 @@ def _tri_inverse_jvp(primals, tangents):
     return linv, -mm(mm(linv, jnp.tril(dchol)), linv)
 
 
+@jax.custom_jvp
+def inverse(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
+    """``a⁻¹`` of general small matrices (LAPACK's pivoted LU, per matrix), with the derivative
+    ``-a⁻¹ da a⁻¹`` as two of these products (``jnp.linalg.inv``'s own is batched tiny ``dot_general``s)."""
+    return jnp.linalg.inv(a)
+
+
+@inverse.defjvp
+def _inverse_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    inv = inverse(a)
+    return inv, -mm(mm(inv, da), inv)
+
+
 def _assemble_lower(rows: list[list], like: Array) -> Array:
     zero = jnp.zeros_like(like[..., 0, 0])
     d = len(rows)

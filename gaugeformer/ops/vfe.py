@@ -25,6 +25,7 @@ from gaugeformer.ops import gaussian as gs
 from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
 from gaugeformer.ops import tiling
+from gaugeformer.ops.transport import so3_exp
 from gaugeformer.ops.attention import attention_logits, attention_weights, pair_quadratic
 
 _RIDGE_LADDER = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1)
@@ -161,9 +162,9 @@ def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams)
     return attention_weights(logits, hp.beta_floor)
 
 
-def rotations(gens: Array, phi: Float[Array, "B N 3"], exp_fn) -> Float[Array, "B N H D D"]:
+def rotations(gens: Array, phi: Float[Array, "B N 3"]) -> Float[Array, "B N H D D"]:
     """``R = exp(φ·G)`` per head from per-head generators ``[H, 3, D, D]``."""
-    return exp_fn(pr.einsum("bna,haij->bnhij", phi, gens))
+    return so3_exp(phi, gens)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def _energy_tiled(pulled: _Pulled, keys: _Pulled, n_pad, hp: VFEParams, plan: ti
     return jnp.sum(tiling.unblock(rows, plan, axis=1))
 
 
-def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: tiling.TilePlan | None = None):
+def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, n_pad, plan: tiling.TilePlan | None = None):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
     With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
@@ -331,10 +332,10 @@ def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: t
     makes the updated φ_i depend on future tokens (the reference).  With a tile ``plan`` the energy is
     reduced in tiles and the aux ``(β, KL)`` is ``(None, None)``.
     """
-    pulled = _pull_back(mu, sigma, rotations(gens, phi, exp_fn), hp.eps, hp.eps_log)
+    pulled = _pull_back(mu, sigma, rotations(gens, phi), hp.eps, hp.eps_log)
     keys = pulled
     if hp.phi_grad_query_role:
-        keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi), exp_fn), hp.eps, hp.eps_log)
+        keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi)), hp.eps, hp.eps_log)
     if plan is not None:
         return hp.lam * _energy_tiled(pulled, keys, n_pad, hp, plan), (None, None)
     kl, _ = block_kl(pulled, hp.eps, n_pad, keys)
@@ -342,7 +343,7 @@ def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: t
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
-def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarray,
+def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, valid: np.ndarray,
              plan: tiling.TilePlan | None = None):
     """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``.
 
@@ -350,7 +351,7 @@ def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarra
     n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
     grad, (beta, kl) = jax.grad(phi_energy, has_aux=True)(
         jax.lax.stop_gradient(phi), jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sigma), gens, mask,
-        hp, exp_fn, n_pad, plan,
+        hp, n_pad, plan,
     )
     new = phi - hp.phi_lr * jax.lax.stop_gradient(grad)
     norm = jnp.linalg.norm(new, axis=-1, keepdims=True)
