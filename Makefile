@@ -27,7 +27,7 @@ test-slow: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --seq-len 128 --markdown bench_A.md
+	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --seq-len 128 --markdown bench_A.md --malloc both
 	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 8 --vocab 256 --repeats 3 \
 		--sweep 128 512 1024 2048 --train-max 2048 --markdown bench_sweep.md
 	$(PY) scripts/bench.py --config configs/reference_A.yaml --batch 1 --vocab 256 --repeats 1 \

@@ -1,6 +1,7 @@
 """The free-energy training loss (ref-architecture §8.2): CE + belief alignment + self-consistency.
 
-* CE: mean next-token cross-entropy over all positions (targets ``-100`` are ignored).
+* CE: mean next-token cross-entropy over all positions (targets ``-100`` are ignored), from the final means
+  and the output weight without the ``[B, N, V]`` logits (:mod:`gaugeformer.ops.vocab`).
 * belief alignment: ``λ_β · mean_{b,h} Σ_{i,j} β_ij KL_ij`` of the **last** block's attention (masked pairs
   enter at the β floor in the reference profile), reduced in the attention's tiles
   (:class:`~gaugeformer.ops.attention_tiled.AttentionStats`), so no ``[B,H,N,N]`` tensor is needed.
@@ -15,6 +16,8 @@ import optax
 from gaugeformer.axes import Array, Float, Int
 from gaugeformer.ops import blocks
 from gaugeformer.ops import gaussian as gs
+from gaugeformer.ops import small as sm
+from gaugeformer.ops import vocab
 from gaugeformer.ops.attention_tiled import AttentionStats
 
 
@@ -26,10 +29,11 @@ def gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, eps: float, eps_log: float) -> 
     KL does.
     """
     d = mu_q.shape[-1]
-    lp = jnp.linalg.cholesky(gs.add_eye(sig_p, eps))
-    lq = jnp.linalg.cholesky(gs.add_eye(sig_q, eps))
-    x = jax.scipy.linalg.solve_triangular(lp, lq, lower=True)
-    y = jax.scipy.linalg.solve_triangular(lp, (mu_q - mu_p)[..., None], lower=True)[..., 0]
+    lp = sm.cholesky(gs.add_eye(sig_p, eps))
+    lq = sm.cholesky(gs.add_eye(sig_q, eps))
+    lp_inv = sm.tri_inverse(lp)
+    x = sm.mm(lp_inv, lq)
+    y = sm.mv(lp_inv, mu_q - mu_p)
     kl = (jnp.sum(x * x, axis=(-2, -1)) + jnp.sum(y * y, -1) - d
           + gs.chol_logdet(lp, eps_log) - gs.chol_logdet(lq, eps_log))
     return jnp.maximum(0.5 * jnp.sum(kl, axis=-1), 0.0)
@@ -39,7 +43,20 @@ def cross_entropy(logits: Float[Array, "B N V"], targets: Int[Array, "B N"], ign
     """Mean CE over positions whose target is not ``ignore_index``."""
     valid = targets != ignore_index
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, targets, 0))
-    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    return _masked_mean(ce, valid)
+
+
+def belief_cross_entropy(mu: Float[Array, "B N K"], weight: Float[Array, "V K"], targets: Int[Array, "B N"],
+                         precision: str = "highest", ignore_index: int = -100):
+    """:func:`cross_entropy` of the logits ``μ wᵀ`` without building them (:mod:`gaugeformer.ops.vocab`)."""
+    valid = targets != ignore_index
+    safe = jnp.where(valid, targets, 0)
+    ce = vocab.cross_entropy(mu.reshape(-1, mu.shape[-1]), weight, safe.reshape(-1), precision)
+    return _masked_mean(ce.reshape(targets.shape), valid)
+
+
+def _masked_mean(x, valid):
+    return jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def attention_metrics(st: AttentionStats, n: int) -> dict:
@@ -72,9 +89,8 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
     """
     cfg = model.cfg
     alpha = cfg.alpha if alpha is None else alpha
-    logits, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override,
-                               sow=sow)
-    ce = cross_entropy(logits, targets)
+    _, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override, sow=sow)
+    ce = belief_cross_entropy(st.mu, model.output_weight, targets, cfg.logits_precision)  # logits: dead code
     align = lambda_beta * jnp.mean(st.attn.beta_kl)
     mu_q = blocks.split_mu(st.mu, cfg.layout)
     mu_p = blocks.split_mu(st.mu_prior, cfg.layout)

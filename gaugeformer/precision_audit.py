@@ -141,6 +141,7 @@ def _scan_split(p) -> tuple[int, int]:
 
 # jax's own linear algebra pins Precision.HIGHEST inside (jnp.linalg.solve / inv): left as it is
 _OPAQUE = ("custom_linear_solve",)
+_CUSTOM = ("custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
 
 
 def _contains_dot(params) -> bool:
@@ -150,6 +151,9 @@ def _contains_dot(params) -> bool:
 def _eval_eqn(eqn, inv, rounding, respect):
     """One equation; higher-order ones are interpreted only when they contain a contraction."""
     name, p = eqn.primitive.name, eqn.params
+    if name in _CUSTOM and not _contains_dot(p):  # re-binding needs the rule's traced functions: run its primal
+        out = _closed(p.get("call_jaxpr") or p.get("fun_jaxpr"), inv, rounding, respect)
+        return out if eqn.primitive.multiple_results else out[0]
     if name in _OPAQUE or (name != "dot_general" and not _contains_dot(p)):
         return eqn.primitive.bind(*inv, **p)
     if name == "dot_general":

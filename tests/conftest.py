@@ -8,6 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
+import gaugeformer  # noqa: E402,F401  (its XLA CPU options must precede JAX's backend: gaugeformer/_xla.py)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

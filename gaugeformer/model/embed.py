@@ -8,7 +8,7 @@ from gaugeformer.config import ModelConfig
 from gaugeformer.model.common import Buffer, head_generators
 from gaugeformer.ops import blocks
 from gaugeformer.ops.small import mm, mv
-from gaugeformer.ops.transport import algebra_to_matrix, expm
+from gaugeformer.ops.transport import so3_exp
 
 _INIT_STD = 0.02  # the reference re-initialises every nn.Embedding / nn.Linear to N(0, 0.02²)
 
@@ -46,7 +46,7 @@ class GaugeTokenEmbedding(nnx.Module):
         if cfg.gauge_fixed_priors:
             mu0 = blocks.split_mu(self.base_mu[...], layout)  # [H,D]
             s0 = blocks.split_variances(jnp.exp(self.base_log_sigma_diag[...]), layout)
-            rot = expm(algebra_to_matrix(phi, head_generators(cfg)))  # [B,N,H,D,D]
+            rot = so3_exp(phi, head_generators(cfg))[0]  # [B,N,H,D,D]
             mu = blocks.merge_mu(mv(rot, mu0), layout)
             sigmas = mm(rot * s0[..., None, :], jnp.swapaxes(rot, -1, -2))
         else:

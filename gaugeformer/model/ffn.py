@@ -9,7 +9,6 @@ from gaugeformer.model.common import Buffer, head_generators, records, remat_if_
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import blocks, vfe
 from gaugeformer.ops.precision import matmul
-from gaugeformer.ops.transport import expm
 
 
 def vfe_params(cfg: ModelConfig) -> vfe.VFEParams:
@@ -51,7 +50,7 @@ class VariationalFFN(nnx.Module):
         sig = blocks.diag_to_full(sigmas) if diag else sigmas
         mus, mu_p = blocks.split_mu(mu, layout), blocks.split_mu(mu_prior, layout)
         gens = head_generators(cfg)
-        rots = vfe.rotations(gens, phi, expm)
+        rots = vfe.rotations(gens, phi)
         plan = vfe.ffn_plan(mu.shape[1], cfg.attention_tile, cfg.attention_pattern, cfg.attention_window,
                             cfg.mask_self_attention, hp)
         sig_p = sig
@@ -75,7 +74,7 @@ class VariationalFFN(nnx.Module):
         if cfg.evolve_phi and (train or cfg.phi_step == "always"):
             names = ("phistep.hook_pattern", "phistep.hook_kl")
             full = records(self, names, sow)
-            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, expm, valid, plan=None if full else plan)
+            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, valid, plan=None if full else plan)
             if full:
                 hook(self, names[0], beta, sow)
                 hook(self, names[1], kl, sow)

@@ -21,7 +21,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from gaugeformer.axes import Array, Bool, Float
 from gaugeformer.ops import gaussian as gs
@@ -71,15 +70,15 @@ def kl_features(
     so causality holds exactly, and it is a constant for autodiff (the value does not depend on it).
     """
     s = sm.sandwich(f, sigma)  # [B,M,h,d,d]
-    chol_s = jnp.linalg.cholesky(gs.add_eye(s, eps))
+    chol_s = sm.cholesky(gs.add_eye(s, eps))
     p = gs.spd_inverse(chol_s)
     b = sm.mv(f, mu)
     q = gs.add_eye(sigma, eps)
-    einv = f if e_logabsdet is None else jnp.linalg.inv(e)
+    einv = f if e_logabsdet is None else sm.inverse(e)
     c = jax.lax.stop_gradient(b[:, :1])
     a, b = sm.mv(einv, mu) - c, b - c
     pb = sm.mv(p, b)
-    ld_query = gs.chol_logdet(jnp.linalg.cholesky(q), eps_log)
+    ld_query = gs.chol_logdet(sm.cholesky(q), eps_log)
     lde = jnp.zeros_like(ld_query) if e_logabsdet is None else 2.0 * e_logabsdet
     queries = KLQueries(sig=sm.sandwich(einv, q), a=a, ld=ld_query, lde=lde)
     keys = KLKeys(p=p, pb=pb, quad_b=pr.einsum("bmhk,bmhk->bmh", b, pb), ld=gs.chol_logdet(chol_s, eps_log))
@@ -97,11 +96,24 @@ def _pair_parts(q: KLQueries, k: KLKeys):
     return trace, quad_a, cross, quad_b, logdet
 
 
+def pair_quadratic(
+    sig: Float[Array, "B N h d d"], a: Float[Array, "B N h d"], p: Float[Array, "B M h d d"],
+    pb: Float[Array, "B M h d"],
+) -> Float[Array, "B h N M"]:
+    """``tr(Σ̂_i P_j) + a_iᵀ P_j a_i - 2 a_iᵀ P_j b_j`` for every pair as one GEMM of depth ``d² + d``, over
+    the features ``[vec(Σ̂_i + a_i a_iᵀ), a_i]`` and ``[vec(P_j), -2 P_j b_j]`` (factorized-attention §1)."""
+    qf = jnp.concatenate([(sig + a[..., :, None] * a[..., None, :]).reshape(*a.shape[:-1], -1), a], axis=-1)
+    kf = jnp.concatenate([p.reshape(*pb.shape[:-1], -1), -2.0 * pb], axis=-1)
+    return pr.einsum("bnhf,bmhf->bhnm", qf, kf)
+
+
 def kl_pairs(q: KLQueries, k: KLKeys) -> Float[Array, "B h N M"]:
-    """``KL_ij`` (before clamping) for every query of ``q`` and key of ``k``: four GEMMs of depth d², d."""
+    """``KL_ij`` (before clamping) for every query of ``q`` and key of ``k``: one GEMM (:func:`pair_quadratic`)."""
     d = q.a.shape[-1]
-    trace, quad_a, cross, quad_b, logdet = _pair_parts(q, k)
-    return 0.5 * (trace + quad_a - 2.0 * cross + quad_b - d + logdet)
+    logdet = (k.ld.transpose(0, 2, 1)[:, :, None, :] - q.ld.transpose(0, 2, 1)[..., None]
+              + q.lde.transpose(0, 2, 1)[..., None])
+    quad_b = k.quad_b.transpose(0, 2, 1)[:, :, None, :]
+    return 0.5 * (pair_quadratic(q.sig, q.a, k.p, k.pb) + quad_b - d + logdet)
 
 
 def kl_pair_terms(q: KLQueries, k: KLKeys) -> dict[str, Float[Array, "B h N M"]]:
@@ -154,13 +166,14 @@ def kl_direct(
     omega = pr.einsum("bnhkl,bmhlp->bhnmkp", e, f)
     mu_t = pr.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
     sig_t = pr.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
-    chol_a = jnp.linalg.cholesky(gs.add_eye(sig_t, eps))
-    chol_q = jnp.linalg.cholesky(gs.add_eye(sigma, eps)).transpose(0, 2, 1, 3, 4)[:, :, :, None]
+    chol_a = sm.cholesky(gs.add_eye(sig_t, eps))
+    chol_q = sm.cholesky(gs.add_eye(sigma, eps)).transpose(0, 2, 1, 3, 4)[:, :, :, None]
     chol_q = jnp.broadcast_to(chol_q, chol_a.shape)
-    x = solve_triangular(chol_a, chol_q, lower=True)
+    linv_a = sm.tri_inverse(chol_a)
+    x = sm.mm(linv_a, chol_q)
     trace = jnp.sum(x * x, axis=(-2, -1))
     diff = mu_t - mu.transpose(0, 2, 1, 3)[:, :, :, None, :]
-    y = solve_triangular(chol_a, diff[..., None], lower=True)[..., 0]
+    y = sm.mv(linv_a, diff)
     mahal = jnp.sum(y * y, axis=-1)
     logdet = gs.chol_logdet(chol_a, eps_log) - gs.chol_logdet(chol_q, eps_log)
     return jnp.maximum(0.5 * (trace + mahal - d + logdet), 0.0)

@@ -8,10 +8,8 @@ profile sets ``eps_log = 0``.
 
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
-
 from gaugeformer.axes import Array, Float
-from gaugeformer.ops.small import mm
+from gaugeformer.ops.small import mm, tri_inverse
 
 
 def add_eye(a: Float[Array, "*b d d"], eps: float) -> Float[Array, "*b d d"]:
@@ -26,9 +24,8 @@ def chol_logdet(
 
 
 def spd_inverse(chol: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
-    """``(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹`` by one triangular solve."""
-    eye = jnp.broadcast_to(jnp.eye(chol.shape[-1], dtype=chol.dtype), chol.shape)
-    linv = solve_triangular(chol, eye, lower=True)
+    """``(L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹``."""
+    linv = tri_inverse(chol)
     return mm(jnp.swapaxes(linv, -1, -2), linv)
 
 

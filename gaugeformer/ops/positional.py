@@ -11,7 +11,7 @@ import numpy as np
 
 from gaugeformer.axes import Array, Float
 from gaugeformer.ops.precision import matmul
-from gaugeformer.ops.transport import expm
+from gaugeformer.ops.transport import so3_exp
 
 Composition = Literal["none", "add", "exact"]
 LogMap = Literal["reference", "stable"]
@@ -23,6 +23,12 @@ def sinusoidal_table(max_len: int, dim: int, scale: float) -> np.ndarray:
     c = np.arange(dim, dtype=np.float32)[None, :]
     ang = p * np.power(np.float32(10000.0), -c / np.float32(dim))
     return (scale * np.where(np.arange(dim) % 2 == 0, np.sin(ang), np.cos(ang))).astype(np.float32)
+
+
+# hat(v) = Σ_a v_a L_a: the so(3) generators of the defining representation, [L_0, L_1] = L_2
+HAT_GENERATORS = np.array([[[0, 0, 0], [0, 0, -1], [0, 1, 0]],
+                           [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+                           [[0, -1, 0], [1, 0, 0], [0, 0, 0]]], np.float32)
 
 
 def hat(v: Float[Array, "*b 3"]) -> Float[Array, "*b 3 3"]:
@@ -74,6 +80,6 @@ def compose(
     if mode == "add":
         return phi + phi_pos
     if mode == "exact":
-        rot = matmul(expm(hat(phi)), expm(hat(phi_pos))[None])
+        rot = matmul(so3_exp(phi, HAT_GENERATORS)[0], so3_exp(phi_pos, HAT_GENERATORS)[0][None])
         return so3_log(rot, log_map)
     raise ValueError(f"unknown composition {mode!r}; expected 'none', 'add' or 'exact'")

@@ -25,7 +25,8 @@ from gaugeformer.ops import gaussian as gs
 from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
 from gaugeformer.ops import tiling
-from gaugeformer.ops.attention import attention_logits, attention_weights
+from gaugeformer.ops.transport import so3_exp
+from gaugeformer.ops.attention import attention_logits, attention_weights, pair_quadratic
 
 _RIDGE_LADDER = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1)
 
@@ -92,7 +93,7 @@ class _Pulled:
 
 def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     rt = jnp.swapaxes(r, -1, -2)
-    chol = jnp.linalg.cholesky(gs.add_eye(sigma, eps))
+    chol = sm.cholesky(gs.add_eye(sigma, eps))
     ok = jnp.broadcast_to(jnp.all(jnp.isfinite(chol), axis=(0, 1, 3, 4)), chol.shape[:3])
     inv = gs.spd_inverse(chol)
     return _Pulled(
@@ -125,13 +126,10 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float, c: Array) -> tuple[Array, Ar
     d = tq.a.shape[-1]
     a, b = tq.a - c, tk.a - c
     pb = sm.mv(tk.p, b)
-    quad_a = pr.einsum("bnhkl,bmhkl->bhnm", a[..., :, None] * a[..., None, :], tk.p)
-    cross = pr.einsum("bnhk,bmhk->bhnm", a, pb)
     quad_b = pr.einsum("bmhk,bmhk->bhm", b, pb)[:, :, None, :]
-    trace = pr.einsum("bnhkl,bmhkl->bhnm", tq.sig, tk.p)
     trace_p = jnp.trace(tk.p, axis1=-2, axis2=-1).transpose(0, 2, 1)[:, :, None, :]
     ld_k, ld_q = tk.ld.transpose(0, 2, 1), tq.ld.transpose(0, 2, 1)
-    base = trace + quad_a - 2.0 * cross + quad_b - d + ld_k[:, :, None, :] - ld_q[..., None]
+    base = pair_quadratic(tq.sig, a, tk.p, pb) + quad_b - d + ld_k[:, :, None, :] - ld_q[..., None]
     return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
@@ -164,9 +162,9 @@ def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams)
     return attention_weights(logits, hp.beta_floor)
 
 
-def rotations(gens: Array, phi: Float[Array, "B N 3"], exp_fn) -> Float[Array, "B N H D D"]:
+def rotations(gens: Array, phi: Float[Array, "B N 3"]) -> Float[Array, "B N H D D"]:
     """``R = exp(φ·G)`` per head from per-head generators ``[H, 3, D, D]``."""
-    return exp_fn(pr.einsum("bna,haij->bnhij", phi, gens))
+    return so3_exp(phi, gens)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,7 +236,7 @@ def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid
     g_bar = sm.mv(t.r, sm.mv(sums["bp"], a) - sums["bpa"])
     g_w = sm.mv(t.r, sm.mv(sums["wp"], a) - sums["wpa"])
     coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
-    inv_p = gs.spd_inverse(jnp.linalg.cholesky(gs.add_eye(sigma_p, hp.eps)))
+    inv_p = gs.spd_inverse(sm.cholesky(gs.add_eye(sigma_p, hp.eps)))
     g_self = hp.alpha * sm.mv(inv_p, mu - mu_p)
     h_self = 0.5 * hp.alpha * (inv_p - t.inv)
     h_align = 0.5 * hp.lam * (sm.sandwich(t.r, sums["bp"]) - row_beta * t.inv)
@@ -297,7 +295,7 @@ def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Arr
 
     def body(state):
         i, _ = state
-        ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(new + ladder[i] * ridge * eye)))
+        ok = jnp.all(jnp.isfinite(sm.cholesky(new + ladder[i] * ridge * eye)))
         return jnp.where(ok, i, i + 1), ok
 
     i, found = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False)))
@@ -326,7 +324,7 @@ def _energy_tiled(pulled: _Pulled, keys: _Pulled, n_pad, hp: VFEParams, plan: ti
     return jnp.sum(tiling.unblock(rows, plan, axis=1))
 
 
-def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: tiling.TilePlan | None = None):
+def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, n_pad, plan: tiling.TilePlan | None = None):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
     With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
@@ -334,10 +332,10 @@ def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: t
     makes the updated φ_i depend on future tokens (the reference).  With a tile ``plan`` the energy is
     reduced in tiles and the aux ``(β, KL)`` is ``(None, None)``.
     """
-    pulled = _pull_back(mu, sigma, rotations(gens, phi, exp_fn), hp.eps, hp.eps_log)
+    pulled = _pull_back(mu, sigma, rotations(gens, phi), hp.eps, hp.eps_log)
     keys = pulled
     if hp.phi_grad_query_role:
-        keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi), exp_fn), hp.eps, hp.eps_log)
+        keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi)), hp.eps, hp.eps_log)
     if plan is not None:
         return hp.lam * _energy_tiled(pulled, keys, n_pad, hp, plan), (None, None)
     kl, _ = block_kl(pulled, hp.eps, n_pad, keys)
@@ -345,7 +343,7 @@ def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, n_pad, plan: t
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
-def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarray,
+def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, valid: np.ndarray,
              plan: tiling.TilePlan | None = None):
     """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``.
 
@@ -353,7 +351,7 @@ def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, exp_fn, valid: np.ndarra
     n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
     grad, (beta, kl) = jax.grad(phi_energy, has_aux=True)(
         jax.lax.stop_gradient(phi), jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sigma), gens, mask,
-        hp, exp_fn, n_pad, plan,
+        hp, n_pad, plan,
     )
     new = phi - hp.phi_lr * jax.lax.stop_gradient(grad)
     norm = jnp.linalg.norm(new, axis=-1, keepdims=True)

@@ -18,7 +18,7 @@ from gaugeformer.ops import so3, tiling, vfe
 from gaugeformer.ops.attention_tiled import attention_tiled, stats_full
 from gaugeformer.ops.gaussian import taylor4_logabsdet
 from gaugeformer.ops.masks import valid_keys
-from gaugeformer.ops.transport import expm, frames
+from gaugeformer.ops.transport import frames
 
 B, N, H, D = 2, 13, 2, 3
 
@@ -158,9 +158,9 @@ def test_tiled_vfe_iteration_and_phi_step_equal_untiled(pattern, floor, query_ro
         mu_p, sig_p = mu * 0.9, sigma * 1.1  # the prior (closed over by run, late-bound)
 
         def run(mu, sigma, phi, plan):
-            m, s, _, _ = vfe.vfe_iteration(mu, sigma, vfe.rotations(gens, phi, expm), mu_p, sig_p, mask, 0.1, hp,
+            m, s, _, _ = vfe.vfe_iteration(mu, sigma, vfe.rotations(gens, phi), mu_p, sig_p, mask, 0.1, hp,
                                            valid, plan=plan)
-            new_phi, _, _ = vfe.phi_step(phi, m, s, gens, mask, hp, expm, valid, plan=plan)
+            new_phi, _, _ = vfe.phi_step(phi, m, s, gens, mask, hp, valid, plan=plan)
             return m, s, new_phi
 
         def loss(mu, sigma, phi, plan):
@@ -176,8 +176,8 @@ def test_tiled_vfe_iteration_and_phi_step_equal_untiled(pattern, floor, query_ro
         # the φ step's energy gradient itself, tiled vs full
         n_pad = jnp.zeros((H,))
         plan = vfe.ffn_plan(N, 4, pattern, 6, False, hp)
-        e_ref = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, expm, n_pad)[0])(phi)
-        e_til = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, expm, n_pad, plan)[0])(phi)
+        e_ref = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, n_pad)[0])(phi)
+        e_til = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, n_pad, plan)[0])(phi)
         _close(e_til, e_ref, 1e-10)
     mu, sigma, phi, gens = ffn_inputs(jnp.float32)
     mu_p, sig_p = mu * 0.9, sigma * 1.1
