@@ -17,6 +17,12 @@ Attention tensors are always ``[B, H, N, M]`` with the query first: ``beta[b, h,
 ``i`` attends to key ``j``.  Stacked over layers they are ``[L, B, H, N, M]``.
 """
 
-from jaxtyping import Array, Bool, Float, Int
+import jax
+import numpy as np
+from jaxtyping import Bool, Float, Int
+
+# Ops take jax arrays and the numpy constants they are built from (generators, masks, index tables) alike.
+# The tests check every annotation at run time (jaxtyping + beartype, tests/conftest.py).
+Array = jax.Array | np.ndarray
 
 __all__ = ["Array", "Bool", "Float", "Int"]

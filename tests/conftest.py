@@ -8,7 +8,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
-import gaugeformer  # noqa: E402,F401  (its XLA CPU options must precede JAX's backend: gaugeformer/_xla.py)
+from jaxtyping import install_import_hook  # noqa: E402
+
+# Shapes are checked at run time in the tests: every annotated function of gaugeformer.ops is wrapped with
+# jaxtyping + beartype, so a wrong shape fails a test instead of broadcasting silently.  The hook must be
+# installed before gaugeformer.ops is first imported (importing gaugeformer imports it).
+with install_import_hook("gaugeformer.ops", "beartype.beartype"):
+    import gaugeformer  # noqa: E402,F401  (its XLA CPU options must precede JAX's backend: gaugeformer/_xla.py)
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -244,7 +244,7 @@ def attention_logits(
     return jnp.where(jnp.asarray(mask), logits, -jnp.inf)
 
 
-def attention_weights(logits: Float[Array, "B h N M"], floor: float | None) -> Float[Array, "B h N M"]:
+def attention_weights(logits: Float[Array, "*b N M"], floor: float | None) -> Float[Array, "*b N M"]:
     """Softmax over keys; ``floor`` (the reference's 1e-8 / 1e-6) clamps every entry from below, which lets
     masked future keys leak in.  ``floor=None`` keeps masked weights exactly 0."""
     beta = jax.nn.softmax(logits, axis=-1)

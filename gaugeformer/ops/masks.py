@@ -23,7 +23,7 @@ MaskPattern = Literal["full", "local", "strided"]
 PATTERNS = ("full", "local", "strided")
 
 
-def allowed(i, j, n: int, pattern: MaskPattern = "full", window: int = 24, mask_self: bool = False):
+def allowed(i, j, n: int, pattern: str = "full", window: int = 24, mask_self: bool = False):
     """True where query ``i`` may attend key ``j`` (index arrays that broadcast; numpy or jax).
 
     ``n`` is the sequence length (the strided pattern's stride depends on it).
@@ -44,7 +44,7 @@ def allowed(i, j, n: int, pattern: MaskPattern = "full", window: int = 24, mask_
     return ok
 
 
-def valid_keys(n: int, pattern: MaskPattern = "full", window: int = 24, mask_self: bool = False,
+def valid_keys(n: int, pattern: str = "full", window: int = 24, mask_self: bool = False,
                m: int | None = None) -> np.ndarray:
     """Boolean ``[N, M]`` (``M = N`` by default): True where query i may attend key j."""
     m = n if m is None else m

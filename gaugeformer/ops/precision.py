@@ -16,21 +16,23 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from gaugeformer.axes import Array
+
 HIGHEST = jax.lax.Precision.HIGHEST
 LogitsPrecision = Literal["highest", "default"]
 
 
-def einsum(subscripts: str, *operands: jax.Array) -> jax.Array:
+def einsum(subscripts: str, *operands: Array) -> jax.Array:
     """``jnp.einsum`` at ``Precision.HIGHEST``."""
     return jnp.einsum(subscripts, *operands, precision=HIGHEST)
 
 
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+def matmul(a: Array, b: Array) -> jax.Array:
     """``a @ b`` at ``Precision.HIGHEST``."""
     return jnp.matmul(a, b, precision=HIGHEST)
 
 
-def logits_matmul(mu: jax.Array, weight: jax.Array, precision: LogitsPrecision) -> jax.Array:
+def logits_matmul(mu: Array, weight: Array, precision: LogitsPrecision) -> jax.Array:
     """The output projection ``mu @ weightᵀ`` (``[..., K] × [V, K] → [..., V]``) at the chosen precision.
 
     Runs under the name scope ``output_projection`` so jaxpr checks can tell it from the model's other dots.

@@ -18,23 +18,23 @@ import numpy as np
 from gaugeformer.axes import Array, Float
 
 
-def mm(a: Float[Array, "*b i k"], b: Float[Array, "*b k j"]) -> Float[Array, "*b i j"]:
+def mm(a: Float[Array, "*#b i k"], b: Float[Array, "*#b k j"]) -> Float[Array, "*#b i j"]:
     """``a @ b`` for batches of small matrices."""
     return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
-def mv(a: Float[Array, "*b i k"], x: Float[Array, "*b k"]) -> Float[Array, "*b i"]:
+def mv(a: Float[Array, "*#b i k"], x: Float[Array, "*#b k"]) -> Float[Array, "*#b i"]:
     """``a @ x`` for batches of small matrices and vectors."""
     return jnp.sum(a * x[..., None, :], axis=-1)
 
 
-def mtv(a: Float[Array, "*b k i"], x: Float[Array, "*b k"]) -> Float[Array, "*b i"]:
+def mtv(a: Float[Array, "*#b k i"], x: Float[Array, "*#b k"]) -> Float[Array, "*#b i"]:
     """``aᵀ @ x``."""
     return jnp.sum(a * x[..., :, None], axis=-2)
 
 
 @jax.custom_jvp
-def cholesky(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
+def cholesky(a: Float[Array, "*#b d d"]) -> Float[Array, "*#b d d"]:
     """Lower Cholesky factor of ``(A + Aᵀ)/2`` (Cholesky–Banachiewicz, row by row), unrolled.
 
     Symmetrises its input like ``jnp.linalg.cholesky`` (so the gradient is symmetric).  A matrix that is not
@@ -68,7 +68,7 @@ def _cholesky_jvp(primals, tangents):
 
 
 @jax.custom_jvp
-def tri_inverse(chol: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
+def tri_inverse(chol: Float[Array, "*#b d d"]) -> Float[Array, "*#b d d"]:
     """``L⁻¹`` of lower-triangular matrices by forward substitution, unrolled (reads the lower triangle).
 
     Derivative ``d(L⁻¹) = -L⁻¹ dL L⁻¹`` (lower triangle of ``dL``)."""
@@ -91,7 +91,7 @@ def _tri_inverse_jvp(primals, tangents):
 
 
 @jax.custom_jvp
-def inverse(a: Float[Array, "*b d d"]) -> Float[Array, "*b d d"]:
+def inverse(a: Float[Array, "*#b d d"]) -> Float[Array, "*#b d d"]:
     """``a⁻¹`` of general small matrices (LAPACK's pivoted LU, per matrix), with the derivative
     ``-a⁻¹ da a⁻¹`` as two of these products (``jnp.linalg.inv``'s own is batched tiny ``dot_general``s)."""
     return jnp.linalg.inv(a)
@@ -110,11 +110,11 @@ def _assemble_lower(rows: list[list], like: Array) -> Array:
     return jnp.stack([jnp.stack(row + [zero] * (d - len(row)), axis=-1) for row in rows], axis=-2)
 
 
-def t(a: Float[Array, "*b i j"]) -> Float[Array, "*b j i"]:
+def t(a: Float[Array, "*#b i j"]) -> Float[Array, "*#b j i"]:
     return jnp.swapaxes(a, -1, -2)
 
 
-def sandwich(a: Float[Array, "*b i k"], s: Float[Array, "*b k k"]) -> Float[Array, "*b i i"]:
+def sandwich(a: Float[Array, "*#b i k"], s: Float[Array, "*#b k k"]) -> Float[Array, "*#b i i"]:
     """``a s aᵀ``."""
     return mm(mm(a, s), t(a))
 

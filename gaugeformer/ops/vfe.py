@@ -151,7 +151,8 @@ def block_kl(pulled: _Pulled, eps: float, n_pad: Array, keys: _Pulled | None = N
     return kl_beta, kl_hat
 
 
-def ffn_kl(mu, sigma, rots, hp: VFEParams, valid: np.ndarray) -> Float[Array, "B N M"]:
+def ffn_kl(mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"], rots: Float[Array, "B N H D D"],
+           hp: VFEParams, valid: np.ndarray) -> Float[Array, "B N M"]:
     """The head-summed ``KL_β`` of :func:`vfe_iteration` as a full ``[B, N, M]`` matrix (for hooks)."""
     t = _pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
     return block_kl(t, hp.eps, jnp.asarray((~valid).sum(-1), mu.dtype))[0]
@@ -206,13 +207,16 @@ def _tiled_sums(t: _Pulled, n_pad, hp: VFEParams, plan: tiling.TilePlan) -> dict
     return jax.tree.map(lambda x: tiling.unblock(x, plan, axis=1), out)
 
 
-def ffn_plan(n: int, tile, pattern, window, mask_self, hp: VFEParams) -> tiling.TilePlan:
+def ffn_plan(n: int, tile: int | None, pattern: str, window: int, mask_self: bool, hp: VFEParams
+             ) -> tiling.TilePlan:
     """The FFN's tiling: masked tiles are skipped only without a floor (then masked keys weigh exactly 0)."""
     return tiling.make_plan(n, tile, pattern, window, mask_self, skip=hp.beta_floor is None)
 
 
-def vfe_iteration(mu, sigma, rots, mu_p, sigma_p, mask, lr, hp: VFEParams, valid: np.ndarray,
-                  beta_override=None, plan: tiling.TilePlan | None = None):
+def vfe_iteration(mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"], rots: Float[Array, "B N H D D"],
+                  mu_p: Float[Array, "B N H D"], sigma_p: Float[Array, "B N H D D"], mask: Bool[Array, "N N"],
+                  lr: Float[Array, ""] | float, hp: VFEParams, valid: np.ndarray,
+                  beta_override: Float[Array, "B N N"] | None = None, plan: tiling.TilePlan | None = None):
     """One VFE step; all beliefs ``[B, N, H, D(, D)]``, ``valid [H, D]`` marks real slots.
 
     With a tile ``plan`` (and no ``beta_override``) the pairwise sums run in tiles and no ``[B,N,M]`` tensor
@@ -324,7 +328,9 @@ def _energy_tiled(pulled: _Pulled, keys: _Pulled, n_pad, hp: VFEParams, plan: ti
     return jnp.sum(tiling.unblock(rows, plan, axis=1))
 
 
-def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, n_pad, plan: tiling.TilePlan | None = None):
+def phi_energy(phi: Float[Array, "B N 3"], mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"],
+               gens: Float[Array, "H 3 D D"], mask: Bool[Array, "N N"], hp: VFEParams, n_pad: Float[Array, "H"],
+               plan: tiling.TilePlan | None = None):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
     With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
@@ -343,7 +349,8 @@ def phi_energy(phi, mu, sigma, gens, mask, hp: VFEParams, n_pad, plan: tiling.Ti
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
-def phi_step(phi, mu, sigma, gens, mask, hp: VFEParams, valid: np.ndarray,
+def phi_step(phi: Float[Array, "B N 3"], mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"],
+             gens: Float[Array, "H 3 D D"], mask: Bool[Array, "N N"], hp: VFEParams, valid: np.ndarray,
              plan: tiling.TilePlan | None = None):
     """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``.
 
