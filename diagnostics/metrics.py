@@ -153,7 +153,11 @@ def row_sums(
     """
     n, m = beta.shape[-2:]
     keys = _mask_or_causal(mask, n, m).astype(beta.dtype)
-    return mk.lift(lambda b: (b.sum(-1), (b * keys).sum(-1)), beta.ndim - 2)(beta)
+    def sums(b):  # all = valid + masked: the ~1e-8 floors are not lost in a float32 sum of ~1
+        valid = (b * keys).sum(-1)
+        return valid + (b * (1.0 - keys)).sum(-1), valid
+
+    return mk.lift(sums, beta.ndim - 2)(beta)
 
 
 @functools.partial(jax.jit, static_argnames=("include_diag",))

@@ -225,12 +225,12 @@ def kl_diagonal(
 
 
 def attention_logits(
-    kl: Float[Array, "B h N M"],
-    kappa: float,
+    kl: Float[Array, "*b N M"],
+    kappa: float | Float[Array, "..."],  # a scalar, or per row of a κ sweep (broadcasting)
     mask: Bool[Array, "N M"],
     alibi_slope: float | None = None,
-    rel=None,
-) -> Float[Array, "B h N M"]:
+    rel: Float[Array, "N M"] | None = None,
+) -> Float[Array, "*b N M"]:
     """``-KL/κ (+ slope·(i - j))``, ``-inf`` where ``mask`` (see :mod:`gaugeformer.ops.masks`) is False.
 
     ``rel`` is ``i - j`` for the tile (default: the ``[N, M]`` grid from 0, i.e. the whole matrix).
