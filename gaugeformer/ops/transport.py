@@ -69,7 +69,8 @@ def expm(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:
     return jax.lax.fori_loop(0, _MAX_SQUARINGS, lambda k, x: jnp.where(k < sq, mm(x, x), x), x)
 
 
-def so3_exp(phi: Float[Array, "*batch 3"], gens: np.ndarray | Array, signs: tuple[int, ...] = (1,)) -> tuple[Array, ...]:
+def so3_exp(phi: Float[Array, "*batch 3"], gens: np.ndarray | Array, signs: tuple[int, ...] = (1,)
+            ) -> tuple[Array, ...]:
     """``exp(s φ·G)`` for each sign ``s`` in ``signs``, for so(3) generators ``gens`` (``[3, d, d]`` or per head
     ``[H, 3, D, D]``, zero-padded), in closed form; falls back to :func:`expm` for other matrices.
 
