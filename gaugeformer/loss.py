@@ -90,7 +90,8 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
     cfg = model.cfg
     alpha = cfg.alpha if alpha is None else alpha
     _, st = model.forward(tokens, train=train, training_forward=True, beta_override=beta_override, sow=sow)
-    ce = belief_cross_entropy(st.mu, model.output_weight, targets, cfg.logits_precision)  # logits: dead code
+    # the forward's logits are unused here, so XLA drops the output GEMM; the CE never builds them
+    ce = belief_cross_entropy(st.mu, model.output_weight, targets, cfg.logits_precision)
     align = lambda_beta * jnp.mean(st.attn.beta_kl)
     mu_q = blocks.split_mu(st.mu, cfg.layout)
     mu_p = blocks.split_mu(st.mu_prior, cfg.layout)

@@ -90,10 +90,14 @@ def _pair_parts(q: KLQueries, k: KLKeys):
     quad_a = pr.einsum("bnhkl,bmhkl->bhnm", q.a[..., :, None] * q.a[..., None, :], k.p)
     cross = pr.einsum("bnhk,bmhk->bhnm", q.a, k.pb)
     trace = pr.einsum("bnhkl,bmhkl->bhnm", q.sig, k.p)
+    return (trace, quad_a, cross) + _pair_constants(q, k)
+
+
+def _pair_constants(q: KLQueries, k: KLKeys):
+    """``(quad_b, logdet)`` broadcast to ``[B, h, N, M]``: the per-key and per-query terms."""
     logdet = (k.ld.transpose(0, 2, 1)[:, :, None, :] - q.ld.transpose(0, 2, 1)[..., None]
               + q.lde.transpose(0, 2, 1)[..., None])
-    quad_b = k.quad_b.transpose(0, 2, 1)[:, :, None, :]
-    return trace, quad_a, cross, quad_b, logdet
+    return k.quad_b.transpose(0, 2, 1)[:, :, None, :], logdet
 
 
 def pair_quadratic(
@@ -110,9 +114,7 @@ def pair_quadratic(
 def kl_pairs(q: KLQueries, k: KLKeys) -> Float[Array, "B h N M"]:
     """``KL_ij`` (before clamping) for every query of ``q`` and key of ``k``: one GEMM (:func:`pair_quadratic`)."""
     d = q.a.shape[-1]
-    logdet = (k.ld.transpose(0, 2, 1)[:, :, None, :] - q.ld.transpose(0, 2, 1)[..., None]
-              + q.lde.transpose(0, 2, 1)[..., None])
-    quad_b = k.quad_b.transpose(0, 2, 1)[:, :, None, :]
+    quad_b, logdet = _pair_constants(q, k)
     return 0.5 * (pair_quadratic(q.sig, q.a, k.p, k.pb) + quad_b - d + logdet)
 
 

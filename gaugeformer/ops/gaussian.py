@@ -8,6 +8,7 @@ profile sets ``eps_log = 0``.
 
 import jax.numpy as jnp
 import numpy as np
+
 from gaugeformer.axes import Array, Float
 from gaugeformer.ops.small import mm, tri_inverse
 

@@ -54,8 +54,9 @@ def _chunked(weight, chunk):
     return padded, valid
 
 
-def _logits(mu, w_chunk, precision):
-    return jnp.matmul(mu, w_chunk.T, precision=HIGHEST if precision == "highest" else None)
+def _dot(a, b, precision):
+    """A contraction of the output projection, at the model's ``logits_precision``."""
+    return jnp.matmul(a, b, precision=HIGHEST if precision == "highest" else None)
 
 
 def _lse(mu, weight, precision, chunk):
@@ -65,7 +66,7 @@ def _lse(mu, weight, precision, chunk):
     def body(carry, xs):
         m, s = carry
         w, ok = xs
-        logits = jnp.where(ok, _logits(mu, w, precision), -jnp.inf)
+        logits = jnp.where(ok, _dot(mu, w.T, precision), -jnp.inf)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
         s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=-1)
         return (m_new, s), None
@@ -83,7 +84,7 @@ def _lse_fwd(mu, weight, precision, chunk):
 
 def _lse_bwd(precision, chunk, res, g):
     mu, weight, lse = res
-    dot = functools.partial(jnp.matmul, precision=HIGHEST if precision == "highest" else None)
+    dot = functools.partial(_dot, precision=precision)
 
     @jax.named_scope("output_projection")
     def body(d_mu, xs):

@@ -120,14 +120,15 @@ def _unit_directions(rng, n, norms):
 @pytest.mark.parametrize("basis", ["e3nn", "reference"])
 @pytest.mark.parametrize("d", [1, 3, 5, 7, 11])
 def test_so3_exp_closed_form_matches_scipy_in_float64(basis, d):
-    """Degrees ≤ 2 take the closed form, higher ones fall back to expm: both exact in float64 (φ = 0 and
-    tiny φ included, where the closed form switches to its series)."""
+    """The closed form itself, every degree (so3_exp dispatches only l ≤ 2 in float32 to it), exact in
+    float64 for exact generators (φ = 0 and tiny φ included, where it switches to its series)."""
     g = so3.generators(d, basis)
-    assert int(transport.irrep_degrees(g)) == (d - 1) // 2
+    degrees = transport.irrep_degrees(g)
+    assert int(degrees) == (d - 1) // 2
     rng = np.random.default_rng(d)
     phi = _unit_directions(rng, 24, np.r_[0.0, 1e-9, 1e-4, np.linspace(0.05, 2 * np.pi, 21)])
     with jax.enable_x64(True):
-        e, f = transport.so3_exp(jnp.asarray(phi), g, signs=(1, -1))
+        e, f = transport.closed_form_exp(jnp.asarray(phi), g, degrees, signs=(1, -1))
     want = np.stack([sl.expm(np.einsum("a,aij->ij", p, g)) for p in phi])
     np.testing.assert_allclose(np.asarray(e), want, atol=1e-12)
     np.testing.assert_allclose(np.asarray(f), np.linalg.inv(want), atol=1e-12)
@@ -154,10 +155,24 @@ def test_so3_exp_derivatives_are_smooth_at_zero_and_match_expm():
     with jax.enable_x64(True):
         for p in ([0.0, 0.0, 0.0], [1e-9, 0.0, 0.0], [0.05, -0.02, 0.01], [0.3, 1.2, -2.0]):
             p = jnp.asarray(p)
-            ours = lambda q: jnp.sum(w * transport.so3_exp(q, g)[0])  # noqa: E731
+            ours = lambda q: jnp.sum(w * transport.closed_form_exp(q, g, np.asarray(2))[0])  # noqa: E731
             ref = lambda q: jnp.sum(w * transport.expm(jnp.einsum("a,aij->ij", q, g)))  # noqa: E731
             np.testing.assert_allclose(jax.grad(ours)(p), jax.grad(ref)(p), atol=1e-12)
             np.testing.assert_allclose(jax.hessian(ours)(p), jax.hessian(ref)(p), atol=1e-11)
+
+
+def test_so3_exp_uses_expm_in_float64_for_rounded_generators():
+    """float32-rounded generators (as the model holds them): in float64 so3_exp must equal expm of the
+    rounded matrix, which the closed form misses by ~1e-7 (the spectrum is no longer exactly i m)."""
+    g = so3.generators(5, "reference").astype(np.float32)
+    phi = _unit_directions(np.random.default_rng(3), 8, np.linspace(0.5, 3.0, 8))
+    with jax.enable_x64(True):
+        p = jnp.asarray(phi)
+        got = np.asarray(transport.so3_exp(p, g)[0])
+        closed = np.asarray(transport.closed_form_exp(p, g, transport.irrep_degrees(g))[0])
+    want = np.stack([sl.expm(np.einsum("a,aij->ij", x, g.astype(np.float64))) for x in phi])
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert np.abs(closed - want).max() > 1e-9  # the reason for the dispatch
 
 
 def test_so3_exp_falls_back_for_matrices_that_are_not_a_representation():
