@@ -141,7 +141,7 @@ def test_converted_checkpoint_gives_fixture_logits(converted, name):
     assert rel_err(logits, golden["logits"]) <= FORWARD_RTOL
 
 
-@pytest.mark.parametrize("name", ["T_A_v256", "G_v256"])
+@pytest.mark.parametrize("name", ["T_A_v256", pytest.param("G_v256", marks=pytest.mark.slow)])
 def test_validate_passes(tmp_path, capsys, name):
     report = tmp_path / "report.json"
     rc = cv.run(FIXTURES / name / "best_model.pt", tmp_path / "out",

@@ -43,8 +43,11 @@ def is_output_projection(dot: pa.DotInfo) -> bool:
     return "output_projection" in dot.scope
 
 
-@pytest.mark.parametrize("profile", ["reference", "clean"])
-@pytest.mark.parametrize("logits_precision", ["highest", "default"])
+@pytest.mark.parametrize("profile,logits_precision", [
+    ("reference", "highest"), ("clean", "default"),  # the default run: each profile and each option once
+    pytest.param("reference", "default", marks=pytest.mark.slow),
+    pytest.param("clean", "highest", marks=pytest.mark.slow),
+])
 def test_every_contraction_is_full_precision(profile, logits_precision):
     model = tiny_model(profile=profile, logits_precision=logits_precision, n_layers=2)
     state, forward, loss_grad = functional(model)

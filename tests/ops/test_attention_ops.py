@@ -35,7 +35,7 @@ def group_frames(phi, d, kind, basis="e3nn"):
 
 
 @pytest.mark.parametrize("kind", ["exact", "taylor4"])
-@pytest.mark.parametrize("d", [1, 3, 5])
+@pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow), 5])
 def test_factorized_kl_equals_direct(kind, d):
     mu, sigma, phi = beliefs(d)
     e, f, lad = group_frames(phi, d, kind)

@@ -38,7 +38,7 @@ def test_not_positive_definite_gives_nan():
     assert not np.all(np.isfinite(np.asarray(sm.cholesky(jnp.asarray(a, jnp.float32)))))
 
 
-@pytest.mark.parametrize("d", [1, 3, 5])
+@pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow), 5])
 def test_derivatives_match_jax_linalg_to_second_order(d):
     rng = np.random.default_rng(10 + d)
     a, w = _spd(rng, 4, d), rng.normal(size=(4, d, d))

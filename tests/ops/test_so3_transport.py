@@ -149,6 +149,7 @@ def test_so3_exp_float32_accuracy_and_padded_heads():
     np.testing.assert_allclose(got, want, atol=3e-6)  # measured 1.7e-6 for l = 2 (expm: 1.1e-6)
 
 
+@pytest.mark.slow  # float64 Hessians of both exponentials at four points: ~15 s of compiles
 def test_so3_exp_derivatives_are_smooth_at_zero_and_match_expm():
     g = so3.generators(5, "e3nn")
     w = jnp.asarray(np.random.default_rng(1).normal(size=(5, 5)))
