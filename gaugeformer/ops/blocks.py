@@ -9,13 +9,20 @@ head dimension ``D``:
 
 Padding is exact, not approximate: a padding coordinate has zero generator (so every transport is the
 identity on it), zero mean and unit variance in *every* token, so its contribution to any KL between two
-beliefs is ``KL(N(0,1) ‖ N(0,1)) = 0`` and it never mixes with real coordinates.  One padded tensor instead
-of one tensor per head dimension keeps the compiled program small (one code path for all heads).
+beliefs is ``KL(N(0,1) ‖ N(0,1)) = 0`` and it never mixes with real coordinates.
+
+The padded layout is what the modules carry and hooks see.  The sublayers compute on **head groups**
+(:func:`head_groups`: runs of consecutive heads of one dimension ``d``, ``[B, N, h, d(, d)]``, no padding
+slots): config A's five scalar heads then cost one multiply per per-token product instead of 125, and one
+transport per group serves all of its heads (it depends on the degree only).  :func:`group_vectors` /
+:func:`group_matrices` cut the padded tensors into groups; :func:`ungroup_vectors` /
+:func:`ungroup_matrices` put them back (zero mean, identity covariance on padding).
 """
 
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -111,15 +118,79 @@ def diag_to_full(var: Float[Array, "*b H D"]) -> Float[Array, "*b H D D"]:
     return var[..., :, None] * jnp.eye(var.shape[-1], dtype=var.dtype)
 
 
+# ----------------------------------------------------------------------------------------------
+# head groups
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadGroup:
+    """Heads ``start .. stop-1``, consecutive and all of dimension ``dim`` (degree ``(dim - 1) // 2``)."""
+
+    start: int
+    stop: int
+    dim: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def degree(self) -> int:
+        return (self.dim - 1) // 2
+
+
 @functools.cache
-def _generators(layout: HeadLayout, basis: str) -> np.ndarray:
-    p = padding(layout)
-    out = np.zeros((layout.n_heads, 3, p.dim, p.dim), np.float32)
-    for head, dim in enumerate(layout.dims):
-        out[head, :, :dim, :dim] = so3.generators(dim, basis)
-    return out
+def head_groups(layout: HeadLayout) -> tuple[HeadGroup, ...]:
+    """Maximal runs of consecutive equal-dimension heads, in head order (so concatenating per-group
+    ``[..., h, ...]`` results along the head axis gives head order)."""
+    groups, start = [], 0
+    for h in range(1, layout.n_heads + 1):
+        if h == layout.n_heads or layout.dims[h] != layout.dims[start]:
+            groups.append(HeadGroup(start, h, layout.dims[start]))
+            start = h
+    return tuple(groups)
 
 
-def generators(layout: HeadLayout, basis: str) -> np.ndarray:
-    """Per-head generators ``(H, 3, D, D)`` float32, zero on padding."""
-    return _generators(layout, basis).copy()
+def group_vectors(x: Float[Array, "*b H D"], layout: HeadLayout) -> list[Array]:
+    """Padded ``[*b, H, D]`` -> per group ``[*b, h, d]``."""
+    return [x[..., g.start:g.stop, :g.dim] for g in head_groups(layout)]
+
+
+def group_matrices(x: Float[Array, "*b H D D"], layout: HeadLayout) -> list[Array]:
+    """Padded ``[*b, H, D, D]`` -> per group ``[*b, h, d, d]``."""
+    return [x[..., g.start:g.stop, :g.dim, :g.dim] for g in head_groups(layout)]
+
+
+def group_heads(x: Float[Array, "*b H"], layout: HeadLayout, axis: int = -1) -> list[Array]:
+    """A per-head axis (``axis``) cut into groups."""
+    return [jax.lax.slice_in_dim(x, g.start, g.stop, axis=axis) for g in head_groups(layout)]
+
+
+def ungroup_vectors(parts, layout: HeadLayout) -> Float[Array, "*b H D"]:
+    """Inverse of :func:`group_vectors`: padding slots hold 0."""
+    d = padding(layout).dim
+    return jnp.concatenate([_pad_last(x, d, 1) for x in parts], axis=-2)
+
+
+def ungroup_matrices(parts, layout: HeadLayout) -> Float[Array, "*b H D D"]:
+    """Inverse of :func:`group_matrices`: padding blocks hold the identity."""
+    d = padding(layout).dim
+    out = jnp.concatenate([_pad_last(x, d, 2) for x in parts], axis=-3)
+    return out if all(g.dim == d for g in head_groups(layout)) else impose(out, layout)
+
+
+def _pad_last(x, d: int, n_axes: int):
+    if x.shape[-1] == d:
+        return x
+    return jnp.pad(x, [(0, 0)] * (x.ndim - n_axes) + [(0, d - x.shape[-1])] * n_axes)
+
+
+@functools.cache
+def _group_generators(layout: HeadLayout, basis: str) -> tuple[np.ndarray, ...]:
+    return tuple(so3.generators(g.dim, basis).astype(np.float32) for g in head_groups(layout))
+
+
+def group_generators(layout: HeadLayout, basis: str) -> list[np.ndarray]:
+    """One ``(3, d, d)`` float32 generator triple per head group (shared by its heads)."""
+    return [g.copy() for g in _group_generators(layout, basis)]

@@ -45,13 +45,12 @@ def logsumexp_logits(
 
 
 def _chunked(weight, chunk):
-    """``weight [V, K]`` -> ``[C, chunk, K]`` (zero rows past V) and the ``[C, chunk]`` mask of real rows."""
+    """``weight [V, K]`` -> ``chunk``-row blocks ``[C, chunk, K]`` and the remaining ``[V mod chunk, K]`` rows
+    (no padding rows, so no chunk needs a mask)."""
     v, k = weight.shape
     chunk = min(chunk, v)
-    n = -(-v // chunk)
-    padded = jnp.pad(weight, ((0, n * chunk - v), (0, 0))).reshape(n, chunk, k)
-    valid = (jnp.arange(n * chunk) < v).reshape(n, chunk)
-    return padded, valid
+    n = v // chunk
+    return weight[: n * chunk].reshape(n, chunk, k), weight[n * chunk:]
 
 
 def _dot(a, b, precision):
@@ -60,20 +59,22 @@ def _dot(a, b, precision):
 
 
 def _lse(mu, weight, precision, chunk):
-    chunks, valid = _chunked(weight, chunk)
+    blocks, rest = _chunked(weight, chunk)
 
     @jax.named_scope("output_projection")  # inside the body: a scan's jaxpr keeps its own name stack
-    def body(carry, xs):
+    def step(carry, w):
         m, s = carry
-        w, ok = xs
-        logits = jnp.where(ok, _dot(mu, w.T, precision), -jnp.inf)
+        logits = _dot(mu, w.T, precision)
         m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
         s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=-1)
         return (m_new, s), None
 
     t = mu.shape[0]
-    init = (jnp.full((t,), -jnp.inf, mu.dtype), jnp.zeros((t,), mu.dtype))
-    (m, s), _ = jax.lax.scan(body, init, (chunks, valid))
+    carry = (jnp.full((t,), -jnp.inf, mu.dtype), jnp.zeros((t,), mu.dtype))
+    carry, _ = jax.lax.scan(step, carry, blocks)
+    if rest.shape[0]:
+        carry, _ = step(carry, rest)
+    m, s = carry
     return m + jnp.log(s)
 
 
@@ -87,14 +88,17 @@ def _lse_bwd(precision, chunk, res, g):
     dot = functools.partial(_dot, precision=precision)
 
     @jax.named_scope("output_projection")
-    def body(d_mu, xs):
-        w, ok = xs
-        p = jnp.where(ok, jnp.exp(dot(mu, w.T) - lse[:, None]), 0.0) * g[:, None]
+    def step(d_mu, w):
+        p = jnp.exp(dot(mu, w.T) - lse[:, None]) * g[:, None]
         return d_mu + dot(p, w), dot(p.T, mu)
 
-    chunks, valid = _chunked(weight, chunk)
-    d_mu, d_chunks = jax.lax.scan(body, jnp.zeros_like(mu), (chunks, valid))
-    return d_mu, d_chunks.reshape(-1, weight.shape[1])[: weight.shape[0]]
+    blocks, rest = _chunked(weight, chunk)
+    d_mu, d_blocks = jax.lax.scan(step, jnp.zeros_like(mu), blocks)
+    d_weight = d_blocks.reshape(-1, weight.shape[1])
+    if rest.shape[0]:
+        d_mu, d_rest = step(d_mu, rest)
+        d_weight = jnp.concatenate([d_weight, d_rest])
+    return d_mu, d_weight
 
 
 logsumexp_logits.defvjp(_lse_fwd, _lse_bwd)
