@@ -18,16 +18,18 @@ PAIR_HOOKS = ("hook_kl", "hook_attn_scores", "hook_pattern")
 
 
 def group_frames(cfg: ModelConfig, phi, kind: str) -> list[tuple]:
-    """``(E, F, log|det E| or None)`` per head group: ``[B,N,1,d,d]``, ``[B,N,1,d,d]``, ``[B,N,1]``.
-
-    One transport per group: it depends on the irrep degree only, so it broadcasts over the group's heads."""
+    """``(E, F, log|det E| or None)`` per head group: ``[B,N,h,d,d]``, ``[B,N,h,d,d]``, ``[B,N,h]``, with
+    ``h = 1`` for a uniform group (the transport depends on the degree only; it broadcasts over the heads)."""
     out = []
     for g, gens in zip(blocks.head_groups(cfg.layout), blocks.group_generators(cfg.layout, cfg.basis)):
         e, f = frames(phi, gens, kind)
+        if g.uniform:  # one transport for the group's heads
+            e, f = e[..., None, :, :], f[..., None, :, :]
         lad = None
         if kind == "taylor4":
-            lad = taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), g.degree)[..., None]
-        out.append((e[..., None, :, :], f[..., None, :, :], lad))
+            ls = g.degrees[:1] if g.uniform else g.degrees
+            lad = taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), ls)
+        out.append((e, f, lad))
     return out
 
 

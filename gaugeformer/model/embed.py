@@ -8,7 +8,7 @@ from gaugeformer.config import ModelConfig
 from gaugeformer.model.common import Buffer
 from gaugeformer.ops import blocks
 from gaugeformer.ops.small import mm, mv
-from gaugeformer.ops.transport import so3_exp
+from gaugeformer.ops.transport import group_exp
 
 _INIT_STD = 0.02  # the reference re-initialises every nn.Embedding / nn.Linear to N(0, 0.02²)
 
@@ -48,7 +48,7 @@ class GaugeTokenEmbedding(nnx.Module):
             s0 = blocks.group_vectors(blocks.split_variances(jnp.exp(self.base_log_sigma_diag[...]), layout), layout)
             mus, sigmas = [], []
             for gens, m0, v0 in zip(blocks.group_generators(layout, cfg.basis), mu0, s0):
-                rot = so3_exp(phi, gens)[0][..., None, :, :]  # [B,N,1,d,d]: one rotation per head group
+                rot = group_exp(phi, gens)[0]  # [B,N,h or 1,d,d]
                 mus.append(mv(rot, m0))
                 sigmas.append(mm(rot * v0[..., None, :], jnp.swapaxes(rot, -1, -2)))
             mu = blocks.merge_mu(blocks.ungroup_vectors(mus, layout), layout)

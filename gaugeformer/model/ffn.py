@@ -50,6 +50,7 @@ class VariationalFFN(nnx.Module):
         mus = blocks.group_vectors(blocks.split_mu(mu, layout), layout)
         mu_p = blocks.group_vectors(blocks.split_mu(mu_prior, layout), layout)
         gens = blocks.group_generators(layout, cfg.basis)
+        valid = [g.valid for g in blocks.head_groups(layout)]
         rots = vfe.rotations(gens, phi)
         plan = vfe.ffn_plan(mu.shape[1], cfg.attention_tile, cfg.attention_pattern, cfg.attention_window,
                             cfg.mask_self_attention, hp)
@@ -58,22 +59,23 @@ class VariationalFFN(nnx.Module):
             names = (f"it{t}.hook_pattern", f"it{t}.hook_kl")
             beta = beta_override
             if records(self, names, sow):  # full [B,N,N] matrices, hooked in dataflow order
-                kl = hook(self, names[1], vfe.ffn_kl(mus, sig, rots, hp), sow)
+                kl = hook(self, names[1], vfe.ffn_kl(mus, sig, rots, hp, valid), sow)
                 beta = hook(self, names[0], vfe.ffn_beta(kl, mask, hp) if beta is None else beta, sow)
             if beta is None:  # tiled
                 def step(m, s, r, m_p, s_p, lr):
-                    return vfe.vfe_iteration(m, s, r, m_p, s_p, mask, lr, hp, plan=plan)[:2]
+                    return vfe.vfe_iteration(m, s, r, m_p, s_p, mask, lr, hp, valid, plan=plan)[:2]
 
                 step = remat_if_tiled(step, mu.shape[1], cfg.attention_tile)
                 mus, sig_new = step(mus, sig, rots, mu_p, sig_p, self.lr[...])
             else:
-                mus, sig_new, _, _ = vfe.vfe_iteration(mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, beta)
+                mus, sig_new, _, _ = vfe.vfe_iteration(mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid,
+                                                       beta)
             if hp.update_sigma:
-                sig = sig_new
+                sig = blocks.impose_groups(sig_new, layout)
         if cfg.evolve_phi and (train or cfg.phi_step == "always"):
             names = ("phistep.hook_pattern", "phistep.hook_kl")
             full = records(self, names, sow)
-            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, plan=None if full else plan)
+            phi, beta, kl = vfe.phi_step(phi, mus, sig, gens, mask, hp, valid, plan=None if full else plan)
             if full:
                 hook(self, names[0], beta, sow)
                 hook(self, names[1], kl, sow)

@@ -26,7 +26,7 @@ from gaugeformer.ops import gaussian as gs
 from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
 from gaugeformer.ops import tiling
-from gaugeformer.ops.transport import so3_exp
+from gaugeformer.ops.transport import group_exp
 from gaugeformer.ops.attention import attention_logits, attention_weights, pair_quadratic
 
 Groups = Sequence[Array]  # one array per head group
@@ -83,9 +83,9 @@ class VFEParams:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class _Pulled:
-    """Per-token quantities of one head group (all ``[B, N, h, ...]``; ``r`` has one head, shared)."""
+    """Per-token quantities of one head group (all ``[B, N, h, ...]``; ``r`` has one head when shared)."""
 
-    r: Array  # rotations R_i                      [B,N,1,d,d]
+    r: Array  # rotations R_i                      [B,N,h or 1,d,d]
     a: Array  # R_iᵀ μ_i                           [B,N,h,d]
     sig: Array  # R_iᵀ Σ_i R_i                     [B,N,h,d,d]
     p: Array  # R_iᵀ (Σ_i + εI)⁻¹ R_i              [B,N,h,d,d]
@@ -141,28 +141,36 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float, c: Array) -> tuple[Array, Ar
     return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
-def block_kl(pulled: list[_Pulled], eps: float, keys: list[_Pulled] | None = None, c: list[Array] | None = None
-             ) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
+def block_kl(pulled: list[_Pulled], eps: float, n_pad: Sequence[np.ndarray], keys: list[_Pulled] | None = None,
+             c: list[Array] | None = None) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
     """Head-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then all heads of all groups are summed.
 
-    ``keys`` (default: ``pulled``) supplies the key-side quantities; ``c`` is the expansion centre per group
-    (default :func:`_centre` of the keys; tiles pass the global one).  A head whose Cholesky failed anywhere
-    contributes ``eps`` everywhere (the reference's fallback).
+    ``n_pad`` counts each head's padding slots (per group, ``[h]``); ``keys`` (default: ``pulled``) supplies
+    the key-side quantities; ``c`` is the expansion centre per group (default :func:`_centre` of the keys;
+    tiles pass the global one).  A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the
+    reference's fallback).
     """
     keys = pulled if keys is None else keys
     c = [_centre(k) for k in keys] if c is None else c
     kl_beta = kl_hat = 0.0
-    for tq, tk, cg in zip(pulled, keys, c):
+    for tq, tk, cg, pad in zip(pulled, keys, c, n_pad):
         kb, kh = _pair_kls(tq, tk, eps, cg)
+        if pad.any():  # a padding slot adds 1/(1+ε) - 1 to K̂'s unregularised trace term (0 to KL_β)
+            kh = kh + (0.5 * eps * pad / (1.0 + eps)).astype(np.float32)[None, :, None, None]
         ok = tq.ok[0, 0][None, :, None, None]
         kl_beta = kl_beta + jnp.where(ok, jnp.maximum(kb, 0.0), eps).sum(1)
         kl_hat = kl_hat + jnp.where(ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
     return kl_beta, kl_hat
 
 
-def ffn_kl(mu: Groups, sigma: Groups, rots: Groups, hp: VFEParams) -> Float[Array, "B N M"]:
+def ffn_kl(mu: Groups, sigma: Groups, rots: Groups, hp: VFEParams, valid: Sequence[np.ndarray]
+           ) -> Float[Array, "B N M"]:
     """The head-summed ``KL_β`` of :func:`vfe_iteration` as a full ``[B, N, M]`` matrix (for hooks)."""
-    return block_kl(pull_back(mu, sigma, rots, hp.eps, hp.eps_log), hp.eps)[0]
+    return block_kl(pull_back(mu, sigma, rots, hp.eps, hp.eps_log), hp.eps, _n_pad(valid))[0]
+
+
+def _n_pad(valid: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [(~v).sum(-1) for v in valid]
 
 
 def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams) -> Float[Array, "B N M"]:
@@ -171,9 +179,8 @@ def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams)
 
 
 def rotations(gens: Sequence[np.ndarray], phi: Float[Array, "B N 3"]) -> list[Array]:
-    """``R = exp(φ·G)`` per head group, ``[B, N, 1, d, d]`` (shared by the group's heads), from one
-    ``[3, d, d]`` generator triple per group."""
-    return [so3_exp(phi, g)[0][..., None, :, :] for g in gens]
+    """``R = exp(φ·G)`` per head group (:func:`~gaugeformer.ops.transport.group_exp`)."""
+    return [group_exp(phi, g)[0] for g in gens]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,12 +204,12 @@ def _group_sums(beta, w, keys: list[_Pulled], pa: list[Array]) -> list[dict]:
     return [_weighted_sums(beta, w, k, p) for k, p in zip(keys, pa)]
 
 
-def _tiled_sums(t: list[_Pulled], pa: list[Array], hp: VFEParams, plan: tiling.TilePlan) -> list[dict]:
+def _tiled_sums(t: list[_Pulled], pa: list[Array], n_pad, hp: VFEParams, plan: tiling.TilePlan) -> list[dict]:
     """:func:`_group_sums` of the FFN's own β (and ``w = K̂·β``) over key tiles: no ``[B,N,M]`` tensor."""
     c = [_centre(g) for g in t]
 
     def logits_fn(qb, kb, i, j, ok):
-        kl_beta, kl_hat = block_kl(qb, hp.eps, kb[0], c)
+        kl_beta, kl_hat = block_kl(qb, hp.eps, n_pad, kb[0], c)
         return attention_logits(kl_beta[:, None], hp.kappa, ok)[:, 0], kl_hat
 
     def reduce_fn(acc, beta, kl_hat, qb, kb, i, j, ok):
@@ -225,23 +232,26 @@ def ffn_plan(n: int, tile: int | None, pattern: str, window: int, mask_self: boo
 
 
 def vfe_iteration(mu: Groups, sigma: Groups, rots: Groups, mu_p: Groups, sigma_p: Groups,
-                  mask: Bool[Array, "N N"], lr: Float[Array, ""] | float, hp: VFEParams,
+                  mask: Bool[Array, "N N"], lr: Float[Array, ""] | float, hp: VFEParams, valid: Sequence[np.ndarray],
                   beta_override: Float[Array, "B N N"] | None = None, plan: tiling.TilePlan | None = None):
-    """One VFE step on head groups (beliefs ``[B, N, h, d(, d)]`` per group, rotations ``[B, N, 1, d, d]``).
+    """One VFE step on head groups (beliefs ``[B, N, h, d(, d)]`` per group, rotations ``[B, N, h or 1, d, d]``,
+    ``valid [h, d]`` per group marking real slots).
 
     With a tile ``plan`` (and no ``beta_override``) the pairwise sums run in tiles and no ``[B,N,M]`` tensor
     exists; otherwise ``mask [N,M]`` is used and the full matrices are built.
 
-    Returns ``(mu, sigma, beta [B,N,M] or None, kl [B,N,M] or None)`` (None when tiled).
+    Returns ``(mu, sigma, beta [B,N,M] or None, kl [B,N,M] or None)`` (None when tiled); padding blocks of
+    ``sigma`` are not reset (:func:`gaugeformer.ops.blocks.impose_groups`).
     """
     t = pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
     a = [g.a - _centre(g) for g in t]
     pa = [sm.mv(g.p, x) for g, x in zip(t, a)]
+    n_pad = _n_pad(valid)
     if plan is not None and beta_override is None:
-        sums = _tiled_sums(t, pa, hp, plan)
+        sums = _tiled_sums(t, pa, n_pad, hp, plan)
         beta = kl_beta = None
     else:
-        kl_beta, kl_hat = block_kl(t, hp.eps)
+        kl_beta, kl_hat = block_kl(t, hp.eps, n_pad)
         beta = ffn_beta(kl_beta, mask, hp) if beta_override is None else beta_override
         sums = _group_sums(beta, kl_hat * beta, t, pa)
     g_mu, g_sig = zip(*(_gradients(*args, hp) for args in zip(t, a, sums, mu, mu_p, sigma_p)))
@@ -255,7 +265,7 @@ def vfe_iteration(mu: Groups, sigma: Groups, rots: Groups, mu_p: Groups, sigma_p
 
     if hp.update_sigma:
         nat = [-0.5 * (dg[..., :, None] * dg[..., None, :]) * g for dg, g in zip(diag, g_sig)]
-        sigma = retract_spd(sigma, nat, hp.sigma_step * lr, hp.sigma_trust, hp.eps)
+        sigma = retract_spd(sigma, nat, hp.sigma_step * lr, hp.sigma_trust, hp.eps, valid)
     return mu, sigma, beta, kl_beta
 
 
@@ -275,12 +285,14 @@ def _gradients(t: _Pulled, a, sums: dict, mu, mu_p, sigma_p, hp: VFEParams):
     return g_mu, g_sig
 
 
-def retract_spd(sigma: Groups, direction: Groups, step, trust: float, eps: float) -> list[Array]:
+def retract_spd(sigma: Groups, direction: Groups, step, trust: float, eps: float, valid: Sequence[np.ndarray]
+                ) -> list[Array]:
     """The reference's SPD retraction (ref-ffn §3.3 step 6), per token over all heads of all groups.
 
     Diagonally whitened step capped at Frobenius norm ``trust``, then the smallest ridge ``c·r·I`` from the
     ladder for which *every* matrix of the call has a Cholesky factor (the reference's batch-global test);
-    if none does, the old Σ plus ``0.1·r·I``.  ``r`` is the mean |diagonal| over the K real channels.
+    if none does, the old Σ plus ``0.1·r·I``.  ``r`` is the mean |diagonal| over the K real channels
+    (``valid``, per group ``[h, d]``); the ridge goes on real channels only.
     """
     sigma = [gs.sym(s) for s in sigma]
     direction = [gs.sym(x) for x in direction]
@@ -290,10 +302,11 @@ def retract_spd(sigma: Groups, direction: Groups, step, trust: float, eps: float
     fro = jnp.sqrt(sum(jnp.sum(x * x, axis=(-3, -2, -1)) for x in bw))
     shrink = jnp.minimum(1.0, trust / (fro + eps))[..., None, None, None]
     new = [gs.sym(s + step * o * (shrink * x)) for s, o, x in zip(sigma, outer, bw)]
-    channels = sum(x.shape[-3] * x.shape[-1] for x in new)
-    ridge = jnp.maximum(sum(jnp.sum(jnp.abs(jnp.diagonal(x, axis1=-2, axis2=-1)), axis=(-2, -1)) for x in new)
-                        / channels, eps)[..., None, None, None]
-    eye = [jnp.eye(x.shape[-1], dtype=x.dtype) for x in new]
+    real = [jnp.asarray(v, x.dtype) for v, x in zip(valid, new)]
+    channels = sum(int(v.sum()) for v in valid)
+    ridge = jnp.maximum(sum(jnp.sum(jnp.abs(jnp.diagonal(x, axis1=-2, axis2=-1)) * r, axis=(-2, -1))
+                            for x, r in zip(new, real)) / channels, eps)[..., None, None, None]
+    eye = [jnp.eye(x.shape[-1], dtype=x.dtype) * r[..., :, None] for x, r in zip(new, real)]
     coeff, found = _ridge_coefficient(jax.lax.stop_gradient(new), jax.lax.stop_gradient(ridge), eye)
     return [jnp.where(found, x + coeff * ridge * i, s + 0.1 * ridge * i) for x, s, i in zip(new, sigma, eye)]
 
@@ -325,12 +338,13 @@ def _ridge_coefficient(new: list[Array], ridge: Array, eye: list[Array]) -> tupl
 # ----------------------------------------------------------------------------------------------
 
 
-def _energy_tiled(pulled: list[_Pulled], keys: list[_Pulled], hp: VFEParams, plan: tiling.TilePlan) -> Array:
+def _energy_tiled(pulled: list[_Pulled], keys: list[_Pulled], n_pad, hp: VFEParams, plan: tiling.TilePlan
+                  ) -> Array:
     """``Σ_{b,i,j} β_ij KL_ij`` of the FFN's β over key tiles (the φ step's energy without ``[B,N,M]``)."""
     c = [_centre(k) for k in keys]
 
     def logits_fn(qb, kb, i, j, ok):
-        kl, _ = block_kl(qb, hp.eps, kb, c)
+        kl, _ = block_kl(qb, hp.eps, n_pad, kb, c)
         return attention_logits(kl[:, None], hp.kappa, ok)[:, 0], kl
 
     def reduce_fn(acc, beta, kl, qb, kb, i, j, ok):
@@ -343,7 +357,8 @@ def _energy_tiled(pulled: list[_Pulled], keys: list[_Pulled], hp: VFEParams, pla
 
 
 def phi_energy(phi: Float[Array, "B N 3"], mu: Groups, sigma: Groups, gens: Sequence[np.ndarray],
-               mask: Bool[Array, "N N"], hp: VFEParams, plan: tiling.TilePlan | None = None):
+               mask: Bool[Array, "N N"], hp: VFEParams, valid: Sequence[np.ndarray],
+               plan: tiling.TilePlan | None = None):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
     With ``hp.phi_grad_query_role`` the keys' frames are constants, so ``∂/∂φ_i`` only sees row i (its own
@@ -355,21 +370,23 @@ def phi_energy(phi: Float[Array, "B N 3"], mu: Groups, sigma: Groups, gens: Sequ
     keys = pulled
     if hp.phi_grad_query_role:
         keys = pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi)), hp.eps, hp.eps_log)
+    n_pad = _n_pad(valid)
     if plan is not None:
-        return hp.lam * _energy_tiled(pulled, keys, hp, plan), (None, None)
-    kl, _ = block_kl(pulled, hp.eps, keys)
+        return hp.lam * _energy_tiled(pulled, keys, n_pad, hp, plan), (None, None)
+    kl, _ = block_kl(pulled, hp.eps, n_pad, keys)
     beta = ffn_beta(kl, mask, hp)
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
 def phi_step(phi: Float[Array, "B N 3"], mu: Groups, sigma: Groups, gens: Sequence[np.ndarray],
-             mask: Bool[Array, "N N"], hp: VFEParams, plan: tiling.TilePlan | None = None):
+             mask: Bool[Array, "N N"], hp: VFEParams, valid: Sequence[np.ndarray],
+             plan: tiling.TilePlan | None = None):
     """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``.
 
     Returns ``(φ, β, KL)``; β and KL are None when tiled (``plan``)."""
     grad, (beta, kl) = jax.grad(phi_energy, has_aux=True)(
         jax.lax.stop_gradient(phi), jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sigma), gens, mask,
-        hp, plan,
+        hp, valid, plan,
     )
     new = phi - hp.phi_lr * jax.lax.stop_gradient(grad)
     norm = jnp.linalg.norm(new, axis=-1, keepdims=True)

@@ -16,13 +16,18 @@ def _spd(rng, shape, d):
     return a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(d)
 
 
-def test_groups_are_runs_of_equal_dimension_in_head_order():
+def test_groups_are_runs_in_head_order_with_scalars_joined_to_the_next_run():
     layout = head_layout("1x1e+2x0e+1x1e+1x2e", 3 + 2 + 3 + 5)
-    got = [(g.start, g.stop, g.dim, g.degree) for g in blocks.head_groups(layout)]
-    assert got == [(0, 1, 3, 1), (1, 3, 1, 0), (3, 4, 3, 1), (4, 5, 5, 2)]
+    got = [(g.start, g.stop, g.dims, g.uniform) for g in blocks.head_groups(layout)]
+    assert got == [(0, 1, (3,), True), (1, 4, (1, 1, 3), False), (4, 5, (5,), True)]
     gens = blocks.group_generators(layout, "reference")
-    assert [g.shape for g in gens] == [(3, 3, 3), (3, 1, 1), (3, 3, 3), (3, 5, 5)]
-    np.testing.assert_array_equal(gens[3], so3.generators(5, "reference").astype(np.float32))
+    assert [g.shape for g in gens] == [(3, 3, 3), (3, 3, 3, 3), (3, 5, 5)]  # shared, per head, shared
+    np.testing.assert_array_equal(gens[2], so3.generators(5, "reference").astype(np.float32))
+    np.testing.assert_array_equal(gens[1][2], so3.generators(3, "reference").astype(np.float32))
+    assert not gens[1][:2].any()  # scalar heads: zero generators (identity transport) in their padded block
+    assert [g.dims for g in blocks.head_groups(head_layout("5x0e+3x1e+1x2e", 19))] == [(1,) * 5 + (3,) * 3, (5,)]
+    assert [g.dims for g in blocks.head_groups(head_layout("2x1e+2x0e", 8))] == [(3, 3, 1, 1)]  # scalars last
+    assert [g.dims for g in blocks.head_groups(head_layout("3x0e", 3))] == [(1, 1, 1)]
 
 
 def test_group_and_ungroup_round_trip_exactly():
@@ -36,10 +41,11 @@ def test_group_and_ungroup_round_trip_exactly():
     sigma = blocks.split_sigma(jnp.asarray(sigma_k, jnp.float32), layout)  # padded, identity padding
     mus = blocks.split_mu(mu, layout)
     parts = blocks.group_matrices(sigma, layout)
-    assert [p.shape[-3:] for p in parts] == [(1, 3, 3), (2, 1, 1), (1, 3, 3), (1, 5, 5)]
+    assert [p.shape[-3:] for p in parts] == [(1, 3, 3), (3, 3, 3), (1, 5, 5)]
     np.testing.assert_array_equal(blocks.ungroup_matrices(parts, layout), sigma)
     np.testing.assert_array_equal(blocks.ungroup_vectors(blocks.group_vectors(mus, layout), layout), mus)
-    np.testing.assert_array_equal(blocks.merge_sigma(blocks.ungroup_matrices(parts, layout), layout), sigma_k)
+    np.testing.assert_array_equal(blocks.merge_sigma(blocks.ungroup_matrices(parts, layout), layout),
+                                  sigma_k.astype(np.float32))
     heads = jnp.arange(5.0)
     np.testing.assert_array_equal(jnp.concatenate(blocks.group_heads(heads, layout)), heads)
 

@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 
 from gaugeformer.ops import attention as att
-from gaugeformer.ops import so3, tiling, vfe
+from gaugeformer.ops import blocks, tiling, vfe
+from gaugeformer.ops.so3 import head_layout
 from gaugeformer.ops.attention_tiled import attention_tiled, stats_full
 from gaugeformer.ops.gaussian import taylor4_logabsdet
 from gaugeformer.ops.masks import valid_keys
 from gaugeformer.ops.transport import frames
 
 B, N = 2, 13
-GROUPS = ((2, 3), (1, 1), (1, 5))  # (heads, dimension) per head group: three groups, as in config A
+LAYOUT = head_layout("1x0e+2x1e+1x2e", 12)  # two head groups, as config A: (1, 3, 3) padded to 3, and (5,)
+SIZES = [g.size for g in blocks.head_groups(LAYOUT)]
+VALID = [g.valid for g in blocks.head_groups(LAYOUT)]
 
 SLOW = pytest.mark.slow
 CASES = [  # (pattern, window, mask_self, alibi, floor, transport, diagonal); the default run keeps three
@@ -36,26 +39,43 @@ CASES = [  # (pattern, window, mask_self, alibi, floor, transport, diagonal); th
 ]
 
 
+def beliefs(rng, dtype, mean=1.0, scale=0.4, ridge=0.5):
+    """Per head group ``mu [B,N,h,d]`` and ``sigma [B,N,h,d,d]`` as the model holds them: random real blocks,
+    zero mean and identity covariance on padding slots."""
+    k = LAYOUT.embed_dim
+    mu = rng.normal(size=(B, N, k)) * scale + mean
+    sigma = np.zeros((B, N, k, k))
+    for off, d in zip(LAYOUT.offsets, LAYOUT.dims):
+        a = rng.normal(size=(B, N, d, d)) * scale
+        sigma[..., off:off + d, off:off + d] = a @ np.swapaxes(a, -1, -2) + ridge * np.eye(d)
+    mu = blocks.group_vectors(blocks.split_mu(jnp.asarray(mu, dtype), LAYOUT), LAYOUT)
+    sigma = blocks.group_matrices(blocks.split_sigma(jnp.asarray(sigma, dtype), LAYOUT), LAYOUT)
+    return mu, sigma
+
+
+def gens_of(dtype):
+    return [g.astype(np.float64 if dtype == jnp.float64 else np.float32)
+            for g in blocks.group_generators(LAYOUT, "e3nn")]
+
+
 def inputs(dtype, seed=0, transport="exact", diagonal=False):
-    """Per head group: ``mu [B,N,h,d]``, ``sigma [B,N,h,d,d]`` (or variances), frames ``[B,N,1,d,d]`` (one
-    transport per group, as the model passes them) and ``log|det E| [B,N,1]`` (taylor4) or None."""
+    """Per head group: beliefs (:func:`beliefs`; variances when ``diagonal``), frames ``[B,N,h or 1,d,d]``
+    and ``log|det E|`` (taylor4) or None, as GaugeAttention passes them."""
     rng = np.random.default_rng(seed)
+    mu, sigma = beliefs(rng, dtype)
+    if diagonal:
+        sigma = [jnp.diagonal(s, axis1=-2, axis2=-1) for s in sigma]
     phi = jnp.asarray(rng.normal(size=(B, N, 3)) * 0.6, dtype)
-    out = [[], [], [], [], []]
-    for h, d in GROUPS:
-        mu = rng.normal(size=(B, N, h, d)) + 1.0
-        a = rng.normal(size=(B, N, h, d, d)) * 0.4
-        sigma = a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(d)
-        if diagonal:
-            sigma = np.diagonal(sigma, axis1=-2, axis2=-1)
-        e, f = frames(phi, jnp.asarray(so3.generators(d, "e3nn"), dtype), transport)
-        lad = None
-        if transport == "taylor4":
-            lad = taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), (d - 1) // 2)[:, :, None]
-        for acc, x in zip(out, (jnp.asarray(mu, dtype), jnp.asarray(sigma, dtype), e[:, :, None],
-                                f[:, :, None], lad)):
-            acc.append(x)
-    return tuple(out)
+    es, fs, lads = [], [], []
+    for g, gens in zip(blocks.head_groups(LAYOUT), gens_of(dtype)):
+        e, f = frames(phi, gens, transport)
+        if g.uniform:
+            e, f = e[:, :, None], f[:, :, None]
+        es.append(e)
+        fs.append(f)
+        lads.append(None if transport != "taylor4" else
+                    taylor4_logabsdet(jnp.linalg.norm(phi, axis=-1), g.degrees[:1] if g.uniform else g.degrees))
+    return mu, sigma, es, fs, lads
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
@@ -70,7 +90,7 @@ def untiled(mu, sigma, e, f, lad, pattern, window, mask_self, alibi, floor):
         kl = [att.kl_factorized(*a, 1e-6, 1e-6) for a in zip(mu, sigma, e, f, lad)]
     kl = jnp.concatenate(kl, axis=1)
     beta = att.attention_weights(att.attention_logits(kl, 1.5, mask, alibi), floor)
-    betas = jnp.split(beta, np.cumsum([h for h, _ in GROUPS])[:-1], axis=1)
+    betas = jnp.split(beta, np.cumsum(SIZES)[:-1], axis=1)
     if diag:
         out = [att.aggregate_diagonal(b, *p[1:]) for b, p in zip(betas, parts)]
     else:
@@ -153,15 +173,9 @@ FFN_CASES = [pytest.param("full", 1e-6, False, marks=SLOW), pytest.param("full",
 
 def ffn_inputs(dtype, seed=1):
     rng = np.random.default_rng(seed)
-    mu, sigma = [], []
-    for h, d in GROUPS:
-        mu.append(jnp.asarray(rng.normal(size=(B, N, h, d)) * 0.5, dtype))
-        a = rng.normal(size=(B, N, h, d, d)) * 0.3
-        sigma.append(jnp.asarray(a @ np.swapaxes(a, -1, -2) + 0.6 * np.eye(d), dtype))
+    mu, sigma = beliefs(rng, dtype, mean=0.0, scale=0.5, ridge=0.6)
     phi = jnp.asarray(rng.normal(size=(B, N, 3)) * 0.5, dtype)
-    gens = [so3.generators(d, "e3nn").astype(np.float64 if dtype == jnp.float64 else np.float32)
-            for _, d in GROUPS]
-    return mu, sigma, phi, gens
+    return mu, sigma, phi, gens_of(dtype)
 
 
 @pytest.mark.parametrize("pattern,floor,query_role", FFN_CASES)
@@ -169,8 +183,8 @@ def test_tiled_vfe_iteration_and_phi_step_equal_untiled(pattern, floor, query_ro
     hp = vfe.VFEParams(alpha=0.5, kappa=1.3, beta_floor=floor, coupling_sign=-1.0, phi_grad_query_role=query_role)
     mask = valid_keys(N, pattern, 6)
 
-    def prior(mu, sigma):
-        return [m * 0.9 for m in mu], [s * 1.1 for s in sigma]
+    def prior(mu, sigma):  # padding stays zero mean and identity covariance
+        return [m * 0.9 for m in mu], blocks.impose_groups([s * 1.1 for s in sigma], LAYOUT)
 
     with jax.enable_x64(True):
         mu, sigma, phi, gens = ffn_inputs(jnp.float64)
@@ -178,8 +192,8 @@ def test_tiled_vfe_iteration_and_phi_step_equal_untiled(pattern, floor, query_ro
 
         def run(mu, sigma, phi, plan):
             m, s, _, _ = vfe.vfe_iteration(mu, sigma, vfe.rotations(gens, phi), mu_p, sig_p, mask, 0.1, hp,
-                                           plan=plan)
-            new_phi, _, _ = vfe.phi_step(phi, m, s, gens, mask, hp, plan=plan)
+                                           VALID, plan=plan)
+            new_phi, _, _ = vfe.phi_step(phi, m, s, gens, mask, hp, VALID, plan=plan)
             return m, s, new_phi
 
         def loss(mu, sigma, phi, plan):
@@ -194,8 +208,8 @@ def test_tiled_vfe_iteration_and_phi_step_equal_untiled(pattern, floor, query_ro
             _close(jax.grad(loss, (0, 1, 2))(mu, sigma, phi, plan), ref_grad, 1e-10)
         # the φ step's energy gradient itself, tiled vs full
         plan = vfe.ffn_plan(N, 4, pattern, 6, False, hp)
-        e_ref = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp)[0])(phi)
-        e_til = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, plan)[0])(phi)
+        e_ref = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, VALID)[0])(phi)
+        e_til = jax.grad(lambda p: vfe.phi_energy(p, mu, sigma, gens, mask, hp, VALID, plan)[0])(phi)
         _close(e_til, e_ref, 1e-10)
     mu, sigma, phi, gens = ffn_inputs(jnp.float32)
     mu_p, sig_p = prior(mu, sigma)
