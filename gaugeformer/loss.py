@@ -24,19 +24,21 @@ from gaugeformer.ops.attention_tiled import AttentionStats
 def gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, eps: float, eps_log: float) -> Float[Array, "B N"]:
     """``KL(N(μ_q, Σ_q) ‖ N(μ_p, Σ_p))`` per token over block-diagonal covariances, clamped at 0.
 
-    Means ``[B,N,H,D]`` and covariances ``[B,N,H,D,D]`` per head (padding slots contribute 0); both
-    covariances get ``eps·I`` and the log-dets carry ``eps_log`` inside the log, as the reference's full-K
-    KL does.
+    Means ``[B,N,h,d]`` and covariances ``[B,N,h,d,d]`` per head group (sequences, one entry per group);
+    both covariances get ``eps·I`` and the log-dets carry ``eps_log`` inside the log, as the reference's
+    full-K KL does.
     """
-    d = mu_q.shape[-1]
-    lp = sm.cholesky(gs.add_eye(sig_p, eps))
-    lq = sm.cholesky(gs.add_eye(sig_q, eps))
-    lp_inv = sm.tri_inverse(lp)
-    x = sm.mm(lp_inv, lq)
-    y = sm.mv(lp_inv, mu_q - mu_p)
-    kl = (jnp.sum(x * x, axis=(-2, -1)) + jnp.sum(y * y, -1) - d
-          + gs.chol_logdet(lp, eps_log) - gs.chol_logdet(lq, eps_log))
-    return jnp.maximum(0.5 * jnp.sum(kl, axis=-1), 0.0)
+    total = 0.0
+    for mq, sq, mp, sp in zip(mu_q, sig_q, mu_p, sig_p):
+        lp = sm.cholesky(gs.add_eye(sp, eps))
+        lq = sm.cholesky(gs.add_eye(sq, eps))
+        lp_inv = sm.tri_inverse(lp)
+        x = sm.mm(lp_inv, lq)
+        y = sm.mv(lp_inv, mq - mp)
+        kl = (jnp.sum(x * x, axis=(-2, -1)) + jnp.sum(y * y, -1) - mq.shape[-1]
+              + gs.chol_logdet(lp, eps_log) - gs.chol_logdet(lq, eps_log))
+        total = total + jnp.sum(kl, axis=-1)
+    return jnp.maximum(0.5 * total, 0.0)
 
 
 def cross_entropy(logits: Float[Array, "B N V"], targets: Int[Array, "B N"], ignore_index: int = -100):
@@ -93,10 +95,10 @@ def free_energy_loss(model, tokens, targets, *, alpha: float | None = None, lamb
     # the forward's logits are unused here, so XLA drops the output GEMM; the CE never builds them
     ce = belief_cross_entropy(st.mu, model.output_weight, targets, cfg.logits_precision)
     align = lambda_beta * jnp.mean(st.attn.beta_kl)
-    mu_q = blocks.split_mu(st.mu, cfg.layout)
-    mu_p = blocks.split_mu(st.mu_prior, cfg.layout)
-    sig_q = jax.lax.stop_gradient(_full(st.sigma))
-    sig_p = jax.lax.stop_gradient(_full(st.sigma_prior))
+    layout = cfg.layout
+    mu_q, mu_p = (blocks.group_vectors(blocks.split_mu(m, layout), layout) for m in (st.mu, st.mu_prior))
+    sig_q, sig_p = (blocks.group_matrices(jax.lax.stop_gradient(_full(s)), layout)
+                    for s in (st.sigma, st.sigma_prior))
     self_consistency = alpha * jnp.mean(gaussian_kl_blocks(mu_q, sig_q, mu_p, sig_p, cfg.kl_eps, cfg.eps_log))
     total = ce + align + self_consistency
     metrics = {

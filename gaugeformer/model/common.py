@@ -1,21 +1,12 @@
-"""Small shared pieces of the modules: the non-trainable buffer type, torch-style LayerNorm, generators."""
+"""Small shared pieces of the modules: the non-trainable buffer type, torch-style LayerNorm, hook helpers."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-
-from gaugeformer.config import ModelConfig
-from gaugeformer.ops import blocks
 
 
 class Buffer(nnx.Variable):
     """Non-trainable state (the optimizer updates only ``nnx.Param``)."""
-
-
-def head_generators(cfg: ModelConfig) -> np.ndarray:
-    """Per-head generators ``(H, 3, D, D)`` float32 in ``cfg.basis``, zero on padding slots."""
-    return blocks.generators(cfg.layout, cfg.basis)
 
 
 class LayerNorm(nnx.Module):

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import Buffer, head_generators
+from gaugeformer.model.common import Buffer
 from gaugeformer.ops import blocks
 from gaugeformer.ops.small import mm, mv
-from gaugeformer.ops.transport import so3_exp
+from gaugeformer.ops.transport import group_exp
 
 _INIT_STD = 0.02  # the reference re-initialises every nn.Embedding / nn.Linear to N(0, 0.02²)
 
@@ -44,11 +44,15 @@ class GaugeTokenEmbedding(nnx.Module):
         cfg, layout = self.cfg, self.cfg.layout
         phi = self.phi_embed[...][tokens]
         if cfg.gauge_fixed_priors:
-            mu0 = blocks.split_mu(self.base_mu[...], layout)  # [H,D]
-            s0 = blocks.split_variances(jnp.exp(self.base_log_sigma_diag[...]), layout)
-            rot = so3_exp(phi, head_generators(cfg))[0]  # [B,N,H,D,D]
-            mu = blocks.merge_mu(mv(rot, mu0), layout)
-            sigmas = mm(rot * s0[..., None, :], jnp.swapaxes(rot, -1, -2))
+            mu0 = blocks.group_vectors(blocks.split_mu(self.base_mu[...], layout), layout)  # [h,d] per group
+            s0 = blocks.group_vectors(blocks.split_variances(jnp.exp(self.base_log_sigma_diag[...]), layout), layout)
+            mus, sigmas = [], []
+            for gens, m0, v0 in zip(blocks.group_generators(layout, cfg.basis), mu0, s0):
+                rot = group_exp(phi, gens)[0]  # [B,N,h or 1,d,d]
+                mus.append(mv(rot, m0))
+                sigmas.append(mm(rot * v0[..., None, :], jnp.swapaxes(rot, -1, -2)))
+            mu = blocks.merge_mu(blocks.ungroup_vectors(mus, layout), layout)
+            sigmas = blocks.ungroup_matrices(sigmas, layout)
         else:
             mu = self.mu_embed[...][tokens]
             log_sigma = self.log_sigma_diag[...]

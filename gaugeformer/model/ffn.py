@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gaugeformer.config import ModelConfig
-from gaugeformer.model.common import Buffer, head_generators, records, remat_if_tiled
+from gaugeformer.model.common import Buffer, records, remat_if_tiled
 from gaugeformer.model.sow import ALL, SowConfig, hook
 from gaugeformer.ops import blocks, vfe
 from gaugeformer.ops.precision import matmul
@@ -45,11 +45,12 @@ class VariationalFFN(nnx.Module):
         ``nnx.capture``, or ``beta_override`` is given: then the full ``[B,N,N]`` matrices are built.
         """
         cfg, layout, hp = self.cfg, self.cfg.layout, vfe_params(self.cfg)
-        valid = blocks.padding(layout).valid
         diag = sigmas.ndim == 4
-        sig = blocks.diag_to_full(sigmas) if diag else sigmas
-        mus, mu_p = blocks.split_mu(mu, layout), blocks.split_mu(mu_prior, layout)
-        gens = head_generators(cfg)
+        sig = blocks.group_matrices(blocks.diag_to_full(sigmas) if diag else sigmas, layout)
+        mus = blocks.group_vectors(blocks.split_mu(mu, layout), layout)
+        mu_p = blocks.group_vectors(blocks.split_mu(mu_prior, layout), layout)
+        gens = blocks.group_generators(layout, cfg.basis)
+        valid = [g.valid for g in blocks.head_groups(layout)]
         rots = vfe.rotations(gens, phi)
         plan = vfe.ffn_plan(mu.shape[1], cfg.attention_tile, cfg.attention_pattern, cfg.attention_window,
                             cfg.mask_self_attention, hp)
@@ -70,7 +71,7 @@ class VariationalFFN(nnx.Module):
                 mus, sig_new, _, _ = vfe.vfe_iteration(mus, sig, rots, mu_p, sig_p, mask, self.lr[...], hp, valid,
                                                        beta)
             if hp.update_sigma:
-                sig = blocks.impose(sig_new, layout)
+                sig = blocks.impose_groups(sig_new, layout)
         if cfg.evolve_phi and (train or cfg.phi_step == "always"):
             names = ("phistep.hook_pattern", "phistep.hook_kl")
             full = records(self, names, sow)
@@ -78,10 +79,11 @@ class VariationalFFN(nnx.Module):
             if full:
                 hook(self, names[0], beta, sow)
                 hook(self, names[1], kl, sow)
-        mu = hook(self, "hook_mu_out", blocks.merge_mu(mus, layout), sow)
+        mu = hook(self, "hook_mu_out", blocks.merge_mu(blocks.ungroup_vectors(mus, layout), layout), sow)
         phi = hook(self, "hook_phi_out", phi, sow)
         if not hp.update_sigma:
             return mu, None, phi
+        sig = blocks.ungroup_matrices(sig, layout)
         if records(self, ("hook_sigma_out",), sow):
             sig = blocks.split_sigma(hook(self, "hook_sigma_out", blocks.merge_sigma(sig, layout), sow), layout)
         if diag:

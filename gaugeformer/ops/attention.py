@@ -57,13 +57,15 @@ class KLKeys:
 def kl_features(
     mu: Float[Array, "B N h d"],
     sigma: Float[Array, "B N h d d"],
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B N h d d"],
-    e_logabsdet: Float[Array, "B N h"] | None,
+    e: Float[Array, "B N #h d d"],
+    f: Float[Array, "B N #h d d"],
+    e_logabsdet: Float[Array, "B N #h"] | None,
     eps: float,
     eps_log: float,
 ) -> tuple[KLQueries, KLKeys]:
     """Per-token features of :func:`kl_factorized` (``O(N d³)``); :func:`kl_pairs` combines any tile of them.
+
+    The frames may have one head (``#h = 1``): a head group shares its transport (it depends on the degree).
 
     The quadratic form is expanded around the first key ``c`` (per batch and head) so the three GEMM terms
     stay small when all beliefs are close (the trained regime, KL ~ 1e-3); ``c`` is visible to every query,
@@ -79,7 +81,7 @@ def kl_features(
     a, b = sm.mv(einv, mu) - c, b - c
     pb = sm.mv(p, b)
     ld_query = gs.chol_logdet(sm.cholesky(q), eps_log)
-    lde = jnp.zeros_like(ld_query) if e_logabsdet is None else 2.0 * e_logabsdet
+    lde = jnp.zeros_like(ld_query) if e_logabsdet is None else jnp.broadcast_to(2.0 * e_logabsdet, ld_query.shape)
     queries = KLQueries(sig=sm.sandwich(einv, q), a=a, ld=ld_query, lde=lde)
     keys = KLKeys(p=p, pb=pb, quad_b=pr.einsum("bmhk,bmhk->bmh", b, pb), ld=gs.chol_logdet(chol_s, eps_log))
     return queries, keys
@@ -141,9 +143,9 @@ def kl_key_sums(q: KLQueries, ksum: KLKeys, count) -> Float[Array, "B h N"]:
 def kl_factorized(
     mu: Float[Array, "B N h d"],
     sigma: Float[Array, "B N h d d"],
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B N h d d"],
-    e_logabsdet: Float[Array, "B N h"] | None,
+    e: Float[Array, "B N #h d d"],
+    f: Float[Array, "B N #h d d"],
+    e_logabsdet: Float[Array, "B N #h"] | None,
     eps: float,
     eps_log: float,
 ) -> Float[Array, "B h N M"]:
@@ -158,13 +160,14 @@ def kl_factorized(
 def kl_direct(
     mu: Float[Array, "B N h d"],
     sigma: Float[Array, "B N h d d"],
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B N h d d"],
+    e: Float[Array, "B N #h d d"],
+    f: Float[Array, "B N #h d d"],
     eps: float,
     eps_log: float,
 ) -> Float[Array, "B h N M"]:
     """The reference's per-pair KL (ref-architecture §4.2): materialises Ω_ij and a Cholesky per pair."""
     d = mu.shape[-1]
+    e, f = (jnp.broadcast_to(x, sigma.shape) for x in (e, f))
     omega = pr.einsum("bnhkl,bmhlp->bhnmkp", e, f)
     mu_t = pr.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
     sig_t = pr.einsum("bhnmkl,bmhlp,bhnmqp->bhnmkq", omega, sigma, omega)
@@ -182,7 +185,7 @@ def kl_direct(
 
 
 def transported_variances(
-    sigma: Float[Array, "B M h d"], e: Float[Array, "B N h d d"], f: Float[Array, "B M h d d"]
+    sigma: Float[Array, "B M h d"], e: Float[Array, "B N h d d"], f: Float[Array, "B M #h d d"]
 ) -> Float[Array, "B h N M d"]:
     """``diag(Ω_ij diag(σ_j) Ω_ijᵀ)`` for every pair, as ``diag(E_i S_j E_iᵀ)`` (no Ω materialised)."""
     s = sm.mm(f * sigma[..., None, :], sm.t(f))
@@ -192,13 +195,14 @@ def transported_variances(
 def kl_diagonal_pairs(
     mu_q: Float[Array, "B N h d"],
     var_q: Float[Array, "B N h d"],
-    e_q: Float[Array, "B N h d d"],
+    e_q: Float[Array, "B N #h d d"],
     mu_k: Float[Array, "B M h d"],
     var_k: Float[Array, "B M h d"],
-    f_k: Float[Array, "B M h d d"],
+    f_k: Float[Array, "B M #h d d"],
     floor: float = 1e-6,
 ) -> tuple[Float[Array, "B h N M"], Float[Array, "B h N M d"], Float[Array, "B h N M d"]]:
     """:func:`kl_diagonal` between the queries ``(μ, σ², E)_q`` and the keys ``(μ, σ², F)_k`` (any tile)."""
+    e_q = jnp.broadcast_to(e_q, (*mu_q.shape, mu_q.shape[-1]))  # the einsums below name the head axis
     var_q, var_k = jnp.maximum(var_q, floor), jnp.maximum(var_k, floor)
     var_t = jnp.maximum(transported_variances(var_k, e_q, f_k), floor)
     mu_t = pr.einsum("bnhkl,bmhl->bhnmk", e_q, sm.mv(f_k, mu_k))
@@ -213,8 +217,8 @@ def kl_diagonal_pairs(
 def kl_diagonal(
     mu: Float[Array, "B N h d"],
     var: Float[Array, "B N h d"],
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B N h d d"],
+    e: Float[Array, "B N #h d d"],
+    f: Float[Array, "B N #h d d"],
     floor: float = 1e-6,
 ) -> tuple[Float[Array, "B h N M"], Float[Array, "B h N M d"], Float[Array, "B h N M d"]]:
     """Diagonal-covariance KL (ref-architecture §4.2, diagonal path): returns ``(KL, μ̃, σ̃)``."""
@@ -269,7 +273,7 @@ class AggValues:
 
 
 def aggregate_values(mu: Float[Array, "B M h d"], sigma: Float[Array, "B M h d d"] | None,
-                     f: Float[Array, "B M h d d"]) -> AggValues:
+                     f: Float[Array, "B M #h d d"]) -> AggValues:
     b = sm.mv(f, mu)
     if sigma is None:
         return AggValues(b, b, None)
@@ -288,7 +292,7 @@ def aggregate_sums(beta: Float[Array, "B h N M"], v: AggValues) -> dict:
     return out
 
 
-def aggregate_finish(sums: dict, e: Float[Array, "B N h d d"]
+def aggregate_finish(sums: dict, e: Float[Array, "B N #h d d"]
                      ) -> tuple[Float[Array, "B N h d"], Float[Array, "B N h d d"] | None]:
     """Mean and moment-matched covariance from :func:`aggregate_sums` (see :func:`aggregate_factorized`)."""
     beta_b = sums["b"]
@@ -309,8 +313,8 @@ def aggregate_factorized(
     beta: Float[Array, "B h N M"],
     mu: Float[Array, "B M h d"],
     sigma: Float[Array, "B M h d d"] | None,
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B M h d d"],
+    e: Float[Array, "B N #h d d"],
+    f: Float[Array, "B M #h d d"],
 ) -> tuple[Float[Array, "B N h d"], Float[Array, "B N h d d"] | None]:
     """``m_i = Σ_j β_ij Ω_ij μ_j`` and the moment-matched mixture covariance (factorized-attention §2).
 
@@ -326,10 +330,11 @@ def aggregate_direct(
     beta: Float[Array, "B h N M"],
     mu: Float[Array, "B M h d"],
     sigma: Float[Array, "B M h d d"] | None,
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B M h d d"],
+    e: Float[Array, "B N #h d d"],
+    f: Float[Array, "B M #h d d"],
 ) -> tuple[Float[Array, "B N h d"], Float[Array, "B N h d d"] | None]:
     """The reference's per-pair aggregation (ref-architecture §5), for tests."""
+    e, f = (jnp.broadcast_to(x, (*mu.shape, mu.shape[-1])) for x in (e, f))
     omega = pr.einsum("bnhkl,bmhlp->bhnmkp", e, f)
     mu_t = pr.einsum("bhnmkl,bmhl->bhnmk", omega, mu)
     mean = pr.einsum("bhnm,bhnmk->bnhk", beta, mu_t)

@@ -17,6 +17,7 @@ floor every masked key carries ``floor`` weight, so every tile is visited.
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,12 +106,18 @@ def _skipped_key_sums(keys: att.KLKeys, plan: tiling.TilePlan) -> att.KLKeys:
     return jax.tree.map(per_query, keys)
 
 
+def _split_heads(x, sizes, axis: int = 1) -> list:
+    """Cut the head axis of ``x`` into consecutive groups of ``sizes``."""
+    ends = np.cumsum(sizes)
+    return [jax.lax.slice_in_dim(x, int(e - s), int(e), axis=axis) for s, e in zip(sizes, ends)]
+
+
 def attention_tiled(
-    mu: Float[Array, "B N h d"],
-    sigma: Float[Array, "B N h d d"] | Float[Array, "B N h d"],
-    e: Float[Array, "B N h d d"],
-    f: Float[Array, "B N h d d"],
-    e_logabsdet: Float[Array, "B N h"] | None,
+    mu: Sequence[Float[Array, "B N _ _"]],
+    sigma: Sequence[Float[Array, "B N _ _ _"]] | Sequence[Float[Array, "B N _ _"]],
+    e: Sequence[Float[Array, "B N _ _ _"]],
+    f: Sequence[Float[Array, "B N _ _ _"]],
+    e_logabsdet: Sequence[Float[Array, "B N _"] | None],
     *,
     kappa: float,
     alibi_slope: float | None,
@@ -123,66 +130,76 @@ def attention_tiled(
     window: int,
     mask_self: bool,
 ):
-    """Tiled attention of one head group: ``(mean [B,N,h,d], cov or None, AttentionStats)``.
+    """Tiled attention over head groups: ``(mean, cov or None, AttentionStats)``, ``mean``/``cov`` per group.
 
-    ``sigma`` of rank 4 is the diagonal-covariance path (``cov`` are then variances).  Equals
-    ``kl_factorized`` / ``kl_diagonal`` → ``attention_logits`` → ``attention_weights`` →
-    ``aggregate_factorized`` / ``aggregate_diagonal`` to rounding.
+    Each argument holds one entry per head group (:func:`gaugeformer.ops.blocks.head_groups`): beliefs
+    ``[B, N, h, d(, d)]`` and frames ``[B, N, h or 1, d, d]``.  The groups' logits are concatenated along the
+    head axis (group order = head order), so the statistics are per head over all ``H`` heads.  ``sigma`` of
+    rank 4 is the diagonal-covariance path (``cov`` are then variances).  Equals ``kl_factorized`` /
+    ``kl_diagonal`` → ``attention_logits`` → ``attention_weights`` → ``aggregate_factorized`` /
+    ``aggregate_diagonal`` per group to rounding.
     """
-    bsz, n, h, d = mu.shape
-    diag = sigma.ndim == 4
+    bsz, n = mu[0].shape[:2]
+    sizes = [m.shape[2] for m in mu]
+    h = sum(sizes)
+    diag = sigma[0].ndim == 4
     plan = tiling.make_plan(n, tile, pattern, window, mask_self, skip=floor is None and not diag)
 
     def logits_of(kl, i, j, ok):
         return att.attention_logits(kl, kappa, ok, alibi_slope, rel=(i - j).astype(kl.dtype))
 
     if diag:
-        queries, keys = (mu, sigma, e), (mu, sigma, f)
+        queries, keys = list(zip(mu, sigma, e)), list(zip(mu, sigma, f))
 
         def logits_fn(qb, kb, i, j, ok):
-            kl, mu_t, var_t = att.kl_diagonal_pairs(*qb, *kb, eps)
-            return logits_of(kl, i, j, ok), (kl, mu_t, var_t)
+            parts = [att.kl_diagonal_pairs(*q, *k, eps) for q, k in zip(qb, kb)]
+            kl = jnp.concatenate([p[0] for p in parts], axis=1)
+            return logits_of(kl, i, j, ok), (kl, [p[1:] for p in parts])
 
         def reduce_fn(acc, beta, aux, qb, kb, i, j, ok):
-            kl, mu_t, var_t = aux
-            agg = {"mean": acc["agg"]["mean"] + pr.einsum("bhnm,bhnmk->bnhk", beta, mu_t),
-                   "second": acc["agg"]["second"] + pr.einsum("bhnm,bhnmk->bnhk", beta, var_t + mu_t**2)}
+            kl, moments = aux
+            agg = [{"mean": a["mean"] + pr.einsum("bhnm,bhnmk->bnhk", b, mu_t),
+                    "second": a["second"] + pr.einsum("bhnm,bhnmk->bnhk", b, var_t + mu_t**2)}
+                   for a, b, (mu_t, var_t) in zip(acc["agg"], _split_heads(beta, sizes), moments)]
             return {"agg": agg, "stats": _tile_stats(acc["stats"], beta, kl, j < n)}
 
         def agg_init(t):
-            z = jnp.zeros((bsz, t, h, d), mu.dtype)
-            return {"mean": z, "second": z}
+            return [{"mean": jnp.zeros((bsz, t, *m.shape[2:]), m.dtype),
+                     "second": jnp.zeros((bsz, t, *m.shape[2:]), m.dtype)} for m in mu]
     else:
-        q, k = att.kl_features(mu, sigma, e, f, e_logabsdet, eps, eps_log)
-        values = att.aggregate_values(mu, sigma if evolve_sigma else None, f)
-        queries, keys = q, (k, values)
+        q, k = zip(*(att.kl_features(*args, eps, eps_log) for args in zip(mu, sigma, e, f, e_logabsdet)))
+        values = [att.aggregate_values(m, s if evolve_sigma else None, ff) for m, s, ff in zip(mu, sigma, f)]
+        queries, keys = list(q), (list(k), values)
 
         def logits_fn(qb, kb, i, j, ok):
-            kl = jnp.maximum(att.kl_pairs(qb, kb[0]), 0.0)
+            kl = jnp.concatenate([jnp.maximum(att.kl_pairs(a, b), 0.0) for a, b in zip(qb, kb[0])], axis=1)
             return logits_of(kl, i, j, ok), kl
 
         def reduce_fn(acc, beta, kl, qb, kb, i, j, ok):
-            sums = att.aggregate_sums(beta, kb[1])
+            sums = [att.aggregate_sums(b, v) for b, v in zip(_split_heads(beta, sizes), kb[1])]
             agg = jax.tree.map(jnp.add, acc["agg"], sums)
             return {"agg": agg, "stats": _tile_stats(acc["stats"], beta, kl, j < n)}
 
         def agg_init(t):
-            shapes = jax.eval_shape(lambda: att.aggregate_sums(
-                jnp.zeros((bsz, h, t, 1), mu.dtype), jax.tree.map(lambda x: x[:, :1], values)))
+            shapes = jax.eval_shape(lambda: [att.aggregate_sums(
+                jnp.zeros((bsz, hg, t, 1), mu[0].dtype), jax.tree.map(lambda x: x[:, :1], v))
+                for hg, v in zip(sizes, values)])
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     t = plan.tile
+    dtype = mu[0].dtype
     out = tiling.softmax_reduce(
         plan, tiling.pad_tokens(queries, plan), tiling.pad_tokens(keys, plan), logits_fn, reduce_fn,
-        lambda qb: {"agg": agg_init(t), "stats": _stats_init(bsz, h, t, mu.dtype)}, floor,
+        lambda qb: {"agg": agg_init(t), "stats": _stats_init(bsz, h, t, dtype)}, floor,
     )
     agg = jax.tree.map(lambda x: tiling.unblock(x, plan, axis=1), out["agg"])
     kl_skipped = None
     if not plan.visit.all():  # only the factorized path skips (see the module docstring)
-        kl_skipped = att.kl_key_sums(q, _skipped_key_sums(k, plan), plan.skipped_keys()[:n])
+        count = plan.skipped_keys()[:n]
+        kl_skipped = jnp.concatenate(
+            [att.kl_key_sums(a, _skipped_key_sums(b, plan), count) for a, b in zip(q, k)], axis=1)
     stats = _finish_stats(out["stats"], plan, kl_skipped)
     if diag:
-        mean, second = agg["mean"], agg["second"]
-        return mean, second - mean**2, stats
-    mean, cov = att.aggregate_finish(agg, e)
-    return mean, cov, stats
+        return [a["mean"] for a in agg], [a["second"] - a["mean"] ** 2 for a in agg], stats
+    mean, cov = zip(*(att.aggregate_finish(a, ee) for a, ee in zip(agg, e)))
+    return list(mean), list(cov) if evolve_sigma else None, stats

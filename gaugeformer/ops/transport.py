@@ -170,6 +170,14 @@ def _irrep_degrees(shape, dtype, raw) -> np.ndarray | None:
     return np.asarray(out if g.ndim == 4 else out[0])
 
 
+def group_exp(phi: Float[Array, "*batch 3"], gens: np.ndarray, signs: tuple[int, ...] = (1,)) -> tuple[Array, ...]:
+    """:func:`so3_exp` for one head group, with a head axis: generators shared by the group's heads
+    (``[3, d, d]``) give ``[*batch, 1, d, d]`` (broadcasting over them), per-head ones (``[h, 3, d, d]``)
+    give ``[*batch, h, d, d]``."""
+    out = so3_exp(phi, gens, signs)
+    return tuple(x[..., None, :, :] for x in out) if gens.ndim == 3 else out
+
+
 def exponential(a: Float[Array, "*batch d d"], kind: Exponential) -> Float[Array, "*batch d d"]:
     """Dispatch on the transport kind: ``"taylor4"`` (reference attention) or ``"exact"``."""
     if kind == "taylor4":

@@ -1,8 +1,8 @@
 """The VFE_dynamic feed-forward: unrolled, preconditioned descent on a free energy (ref-ffn.md §3).
 
-Beliefs are per head, padded to a common dimension (``[B, N, H, D]``, see :mod:`gaugeformer.ops.blocks`);
-the FFN's attention β is *one* ``[B, N, M]`` matrix over the head-summed KL, and its trust regions couple all
-K channels of a token.
+Beliefs come per head group (``[B, N, h, d(, d)]`` per group of equal-dimension heads, see
+:func:`gaugeformer.ops.blocks.head_groups`); the FFN's attention β is *one* ``[B, N, M]`` matrix over the
+KL summed over all heads, and its trust regions couple all K channels of a token.
 
 Transport here is the exact exponential, so ``R_i = exp(φ_i·G)`` is orthogonal and every pairwise quantity
 factorizes exactly through the "pulled-back" per-token quantities (factorized-attention.md §3)::
@@ -15,6 +15,7 @@ approximation is the reference's ``ε`` inside ``log(diag chol(Ω Σ_j Ωᵀ + �
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,10 @@ from gaugeformer.ops import gaussian as gs
 from gaugeformer.ops import precision as pr
 from gaugeformer.ops import small as sm
 from gaugeformer.ops import tiling
-from gaugeformer.ops.transport import so3_exp
+from gaugeformer.ops.transport import group_exp
 from gaugeformer.ops.attention import attention_logits, attention_weights, pair_quadratic
+
+Groups = Sequence[Array]  # one array per head group
 
 _RIDGE_LADDER = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1)
 
@@ -80,15 +83,15 @@ class VFEParams:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class _Pulled:
-    """Per-token quantities (all ``[B, N, H, ...]``)."""
+    """Per-token quantities of one head group (all ``[B, N, h, ...]``; ``r`` has one head when shared)."""
 
-    r: Array  # rotations R_i                      [B,N,H,D,D]
-    a: Array  # R_iᵀ μ_i                           [B,N,H,D]
-    sig: Array  # R_iᵀ Σ_i R_i                     [B,N,H,D,D]
-    p: Array  # R_iᵀ (Σ_i + εI)⁻¹ R_i              [B,N,H,D,D]
-    inv: Array  # (Σ_i + εI)⁻¹                      [B,N,H,D,D]
-    ld: Array  # 2 Σ log(diag chol(Σ_i + εI) + eps_log)   [B,N,H]
-    ok: Array  # per head: all Cholesky factors finite, broadcast over tokens (so it tiles like the rest) [B,N,H]
+    r: Array  # rotations R_i                      [B,N,h or 1,d,d]
+    a: Array  # R_iᵀ μ_i                           [B,N,h,d]
+    sig: Array  # R_iᵀ Σ_i R_i                     [B,N,h,d,d]
+    p: Array  # R_iᵀ (Σ_i + εI)⁻¹ R_i              [B,N,h,d,d]
+    inv: Array  # (Σ_i + εI)⁻¹                      [B,N,h,d,d]
+    ld: Array  # 2 Σ log(diag chol(Σ_i + εI) + eps_log)   [B,N,h]
+    ok: Array  # per head: all Cholesky factors finite, broadcast over tokens (so it tiles like the rest) [B,N,h]
 
 
 def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
@@ -107,6 +110,11 @@ def _pull_back(mu, sigma, r, eps, eps_log) -> _Pulled:
     )
 
 
+def pull_back(mu: Groups, sigma: Groups, rots: Groups, eps: float, eps_log: float) -> list[_Pulled]:
+    """:class:`_Pulled` of every head group."""
+    return [_pull_back(m, s, r, eps, eps_log) for m, s, r in zip(mu, sigma, rots)]
+
+
 def _centre(t: _Pulled) -> Array:
     """Expansion centre: the first token's pulled-back mean (seen by every query; constant for autodiff).
 
@@ -117,11 +125,11 @@ def _centre(t: _Pulled) -> Array:
 
 
 def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float, c: Array) -> tuple[Array, Array]:
-    """Per-head ``(KL_β, K̂)``, ``[B, H, N, M]`` before clamping.
+    """Per-head ``(KL_β, K̂)`` of one group, ``[B, h, N, M]`` before clamping.
 
     Query-side quantities come from ``tq`` and key-side ones from ``tk`` (the same object except in the
     causal φ step).  ``KL_β`` regularises Σ_i in the trace (the β path); ``K̂`` does not (the coupling path,
-    ref-ffn §3.3).  Padding slots contribute exactly 0 to both.
+    ref-ffn §3.3).
     """
     d = tq.a.shape[-1]
     a, b = tq.a - c, tk.a - c
@@ -133,29 +141,36 @@ def _pair_kls(tq: _Pulled, tk: _Pulled, eps: float, c: Array) -> tuple[Array, Ar
     return 0.5 * (base + eps * trace_p), 0.5 * base
 
 
-def block_kl(pulled: _Pulled, eps: float, n_pad: Array, keys: _Pulled | None = None, c: Array | None = None
-             ) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
-    """Head-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then heads are summed.
+def block_kl(pulled: list[_Pulled], eps: float, n_pad: Sequence[np.ndarray], keys: list[_Pulled] | None = None,
+             c: list[Array] | None = None) -> tuple[Float[Array, "B N M"], Float[Array, "B N M"]]:
+    """Head-summed ``(KL_β, K̂)``: each head's KL is clamped at 0, then all heads of all groups are summed.
 
-    ``keys`` (default: ``pulled``) supplies the key-side quantities; ``n_pad [H]`` counts padding slots
-    per head; ``c`` is the expansion centre (default :func:`_centre` of the keys; tiles pass the global one).
-    A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the reference's fallback).
+    ``n_pad`` counts each head's padding slots (per group, ``[h]``); ``keys`` (default: ``pulled``) supplies
+    the key-side quantities; ``c`` is the expansion centre per group (default :func:`_centre` of the keys;
+    tiles pass the global one).  A head whose Cholesky failed anywhere contributes ``eps`` everywhere (the
+    reference's fallback).
     """
     keys = pulled if keys is None else keys
-    kb, kh = _pair_kls(pulled, keys, eps, _centre(keys) if c is None else c)
-    # a padding slot adds 1/(1+ε) - 1 to K̂'s unregularised trace term (and exactly 0 to KL_β)
-    kh = kh + (0.5 * eps * n_pad / (1.0 + eps))[None, :, None, None]
-    ok = pulled.ok[0, 0][None, :, None, None]
-    kl_beta = jnp.where(ok, jnp.maximum(kb, 0.0), eps).sum(1)
-    kl_hat = jnp.where(ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
+    c = [_centre(k) for k in keys] if c is None else c
+    kl_beta = kl_hat = 0.0
+    for tq, tk, cg, pad in zip(pulled, keys, c, n_pad):
+        kb, kh = _pair_kls(tq, tk, eps, cg)
+        if pad.any():  # a padding slot adds 1/(1+ε) - 1 to K̂'s unregularised trace term (0 to KL_β)
+            kh = kh + (0.5 * eps * pad / (1.0 + eps)).astype(np.float32)[None, :, None, None]
+        ok = tq.ok[0, 0][None, :, None, None]
+        kl_beta = kl_beta + jnp.where(ok, jnp.maximum(kb, 0.0), eps).sum(1)
+        kl_hat = kl_hat + jnp.where(ok, jnp.maximum(kh, 0.0), 0.0).sum(1)
     return kl_beta, kl_hat
 
 
-def ffn_kl(mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"], rots: Float[Array, "B N H D D"],
-           hp: VFEParams, valid: np.ndarray) -> Float[Array, "B N M"]:
+def ffn_kl(mu: Groups, sigma: Groups, rots: Groups, hp: VFEParams, valid: Sequence[np.ndarray]
+           ) -> Float[Array, "B N M"]:
     """The head-summed ``KL_β`` of :func:`vfe_iteration` as a full ``[B, N, M]`` matrix (for hooks)."""
-    t = _pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
-    return block_kl(t, hp.eps, jnp.asarray((~valid).sum(-1), mu.dtype))[0]
+    return block_kl(pull_back(mu, sigma, rots, hp.eps, hp.eps_log), hp.eps, _n_pad(valid))[0]
+
+
+def _n_pad(valid: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [(~v).sum(-1) for v in valid]
 
 
 def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams) -> Float[Array, "B N M"]:
@@ -163,9 +178,9 @@ def ffn_beta(kl: Float[Array, "B N M"], mask: Bool[Array, "N M"], hp: VFEParams)
     return attention_weights(logits, hp.beta_floor)
 
 
-def rotations(gens: Array, phi: Float[Array, "B N 3"]) -> Float[Array, "B N H D D"]:
-    """``R = exp(φ·G)`` per head from per-head generators ``[H, 3, D, D]``."""
-    return so3_exp(phi, gens)[0]
+def rotations(gens: Sequence[np.ndarray], phi: Float[Array, "B N 3"]) -> list[Array]:
+    """``R = exp(φ·G)`` per head group (:func:`~gaugeformer.ops.transport.group_exp`)."""
+    return [group_exp(phi, g)[0] for g in gens]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,22 +200,25 @@ def _weighted_sums(beta, w, keys: _Pulled, pa) -> dict:
     }
 
 
-def _tiled_sums(t: _Pulled, n_pad, hp: VFEParams, plan: tiling.TilePlan) -> dict:
-    """:func:`_weighted_sums` of the FFN's own β (and ``w = K̂·β``) over key tiles: no ``[B,N,M]`` tensor."""
-    c = _centre(t)
-    pa = sm.mv(t.p, t.a - c)
+def _group_sums(beta, w, keys: list[_Pulled], pa: list[Array]) -> list[dict]:
+    return [_weighted_sums(beta, w, k, p) for k, p in zip(keys, pa)]
+
+
+def _tiled_sums(t: list[_Pulled], pa: list[Array], n_pad, hp: VFEParams, plan: tiling.TilePlan) -> list[dict]:
+    """:func:`_group_sums` of the FFN's own β (and ``w = K̂·β``) over key tiles: no ``[B,N,M]`` tensor."""
+    c = [_centre(g) for g in t]
 
     def logits_fn(qb, kb, i, j, ok):
         kl_beta, kl_hat = block_kl(qb, hp.eps, n_pad, kb[0], c)
         return attention_logits(kl_beta[:, None], hp.kappa, ok)[:, 0], kl_hat
 
     def reduce_fn(acc, beta, kl_hat, qb, kb, i, j, ok):
-        return jax.tree.map(jnp.add, acc, _weighted_sums(beta, kl_hat * beta, kb[0], kb[1]))
+        return jax.tree.map(jnp.add, acc, _group_sums(beta, kl_hat * beta, kb[0], kb[1]))
 
     def init_fn(qb):
         z = jnp.zeros_like
-        return {"bp": z(qb.p), "bpa": z(qb.a), "rb": z(qb.ld[..., 0]), "wp": z(qb.p), "wpa": z(qb.a),
-                "rw": z(qb.ld[..., 0])}
+        return [{"bp": z(g.p), "bpa": z(g.a), "rb": z(g.ld[..., 0]), "wp": z(g.p), "wpa": z(g.a),
+                 "rw": z(g.ld[..., 0])} for g in qb]
 
     out = tiling.softmax_reduce(plan, tiling.pad_tokens(t, plan), tiling.pad_tokens((t, pa), plan),
                                 logits_fn, reduce_fn, init_fn, hp.beta_floor)
@@ -213,30 +231,48 @@ def ffn_plan(n: int, tile: int | None, pattern: str, window: int, mask_self: boo
     return tiling.make_plan(n, tile, pattern, window, mask_self, skip=hp.beta_floor is None)
 
 
-def vfe_iteration(mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"], rots: Float[Array, "B N H D D"],
-                  mu_p: Float[Array, "B N H D"], sigma_p: Float[Array, "B N H D D"], mask: Bool[Array, "N N"],
-                  lr: Float[Array, ""] | float, hp: VFEParams, valid: np.ndarray,
+def vfe_iteration(mu: Groups, sigma: Groups, rots: Groups, mu_p: Groups, sigma_p: Groups,
+                  mask: Bool[Array, "N N"], lr: Float[Array, ""] | float, hp: VFEParams, valid: Sequence[np.ndarray],
                   beta_override: Float[Array, "B N N"] | None = None, plan: tiling.TilePlan | None = None):
-    """One VFE step; all beliefs ``[B, N, H, D(, D)]``, ``valid [H, D]`` marks real slots.
+    """One VFE step on head groups (beliefs ``[B, N, h, d(, d)]`` per group, rotations ``[B, N, h or 1, d, d]``,
+    ``valid [h, d]`` per group marking real slots).
 
     With a tile ``plan`` (and no ``beta_override``) the pairwise sums run in tiles and no ``[B,N,M]`` tensor
     exists; otherwise ``mask [N,M]`` is used and the full matrices are built.
 
-    Returns ``(mu, sigma, beta [B,N,M] or None, kl [B,N,M] or None)`` (None when tiled).
+    Returns ``(mu, sigma, beta [B,N,M] or None, kl [B,N,M] or None)`` (None when tiled); padding blocks of
+    ``sigma`` are not reset (:func:`gaugeformer.ops.blocks.impose_groups`).
     """
-    n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
-    t = _pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
-    c = _centre(t)
+    t = pull_back(mu, sigma, rots, hp.eps, hp.eps_log)
+    a = [g.a - _centre(g) for g in t]
+    pa = [sm.mv(g.p, x) for g, x in zip(t, a)]
+    n_pad = _n_pad(valid)
     if plan is not None and beta_override is None:
-        sums = _tiled_sums(t, n_pad, hp, plan)
+        sums = _tiled_sums(t, pa, n_pad, hp, plan)
         beta = kl_beta = None
     else:
         kl_beta, kl_hat = block_kl(t, hp.eps, n_pad)
         beta = ffn_beta(kl_beta, mask, hp) if beta_override is None else beta_override
-        sums = _weighted_sums(beta, kl_hat * beta, t, sm.mv(t.p, t.a - c))
+        sums = _group_sums(beta, kl_hat * beta, t, pa)
+    g_mu, g_sig = zip(*(_gradients(*args, hp) for args in zip(t, a, sums, mu, mu_p, sigma_p)))
+
+    # "natural" gradient and the whitened μ trust region (all K channels of a token together)
+    delta = [-lr * sm.mv(s, g) for s, g in zip(sigma, g_mu)]
+    diag = [jnp.diagonal(s, axis1=-2, axis2=-1) for s in sigma]
+    wnorm2 = sum(jnp.sum((x / jnp.sqrt(jnp.maximum(dg, hp.eps))) ** 2, axis=(-2, -1)) for x, dg in zip(delta, diag))
+    scale = jnp.minimum(1.0, hp.mu_trust / (jnp.sqrt(wnorm2) + hp.eps))[..., None, None]
+    mu = [m + scale * x for m, x in zip(mu, delta)]
+
+    if hp.update_sigma:
+        nat = [-0.5 * (dg[..., :, None] * dg[..., None, :]) * g for dg, g in zip(diag, g_sig)]
+        sigma = retract_spd(sigma, nat, hp.sigma_step * lr, hp.sigma_trust, hp.eps, valid)
+    return mu, sigma, beta, kl_beta
+
+
+def _gradients(t: _Pulled, a, sums: dict, mu, mu_p, sigma_p, hp: VFEParams):
+    """One group's clipped ``(∂F/∂μ, ∂F/∂Σ)`` from its weighted sums (ref-ffn §3.3)."""
     row_beta = sums["rb"][:, :, None, None, None]  # [B,N,1,1,1]
     row_w = sums["rw"][:, :, None, None]  # [B,N,1,1]
-    a = t.a - c
     g_bar = sm.mv(t.r, sm.mv(sums["bp"], a) - sums["bpa"])
     g_w = sm.mv(t.r, sm.mv(sums["wp"], a) - sums["wpa"])
     coup = (hp.lam / hp.kappa) * (g_w - row_w * g_bar)
@@ -246,52 +282,42 @@ def vfe_iteration(mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"],
     h_align = 0.5 * hp.lam * (sm.sandwich(t.r, sums["bp"]) - row_beta * t.inv)
     g_mu = jnp.clip(g_self + hp.lam * g_bar + hp.coupling_sign * coup, -hp.grad_clip, hp.grad_clip)
     g_sig = jnp.clip(h_self + h_align, -hp.grad_clip, hp.grad_clip)
-
-    # "natural" gradient and the whitened μ trust region (all K channels of a token together)
-    delta = -lr * sm.mv(sigma, g_mu)
-    diag = jnp.diagonal(sigma, axis1=-2, axis2=-1)
-    wnorm2 = jnp.sum((delta / jnp.sqrt(jnp.maximum(diag, hp.eps))) ** 2, axis=(-2, -1))
-    scale = jnp.minimum(1.0, hp.mu_trust / (jnp.sqrt(wnorm2) + hp.eps))[..., None, None]
-    mu = mu + scale * delta
-
-    if hp.update_sigma:
-        nat = 0.5 * (diag[..., :, None] * diag[..., None, :]) * g_sig
-        sigma = retract_spd(sigma, -nat, hp.sigma_step * lr, hp.sigma_trust, hp.eps, valid)
-    return mu, sigma, beta, kl_beta
+    return g_mu, g_sig
 
 
-def retract_spd(sigma: Array, direction: Array, step, trust: float, eps: float, valid: np.ndarray) -> Array:
-    """The reference's SPD retraction (ref-ffn §3.3 step 6), per token over all heads.
+def retract_spd(sigma: Groups, direction: Groups, step, trust: float, eps: float, valid: Sequence[np.ndarray]
+                ) -> list[Array]:
+    """The reference's SPD retraction (ref-ffn §3.3 step 6), per token over all heads of all groups.
 
     Diagonally whitened step capped at Frobenius norm ``trust``, then the smallest ridge ``c·r·I`` from the
     ladder for which *every* matrix of the call has a Cholesky factor (the reference's batch-global test);
-    if none does, the old Σ plus ``0.1·r·I``.  ``r`` is the mean |diagonal| over the K real channels; the
-    padding block is reset to the identity.
+    if none does, the old Σ plus ``0.1·r·I``.  ``r`` is the mean |diagonal| over the K real channels
+    (``valid``, per group ``[h, d]``); the ridge goes on real channels only.
     """
-    sigma = gs.sym(sigma)
-    direction = gs.sym(direction)
-    dg = jnp.maximum(jnp.diagonal(sigma, axis1=-2, axis2=-1), eps)
-    outer = jnp.sqrt(dg[..., :, None] * dg[..., None, :])
-    bw = direction / outer
-    fro = jnp.sqrt(jnp.sum(bw * bw, axis=(-3, -2, -1)))
+    sigma = [gs.sym(s) for s in sigma]
+    direction = [gs.sym(x) for x in direction]
+    dg = [jnp.maximum(jnp.diagonal(s, axis1=-2, axis2=-1), eps) for s in sigma]
+    outer = [jnp.sqrt(x[..., :, None] * x[..., None, :]) for x in dg]
+    bw = [x / o for x, o in zip(direction, outer)]
+    fro = jnp.sqrt(sum(jnp.sum(x * x, axis=(-3, -2, -1)) for x in bw))
     shrink = jnp.minimum(1.0, trust / (fro + eps))[..., None, None, None]
-    new = gs.sym(sigma + step * outer * (shrink * bw))
-    real = jnp.asarray(valid, new.dtype)
-    ridge = jnp.maximum(
-        jnp.sum(jnp.abs(jnp.diagonal(new, axis1=-2, axis2=-1)) * real, axis=(-2, -1)) / real.sum(), eps
-    )[..., None, None, None]
-    eye = jnp.eye(new.shape[-1], dtype=new.dtype) * real[..., :, None]  # ridge on real channels only
+    new = [gs.sym(s + step * o * (shrink * x)) for s, o, x in zip(sigma, outer, bw)]
+    real = [jnp.asarray(v, x.dtype) for v, x in zip(valid, new)]
+    channels = sum(int(v.sum()) for v in valid)
+    ridge = jnp.maximum(sum(jnp.sum(jnp.abs(jnp.diagonal(x, axis1=-2, axis2=-1)) * r, axis=(-2, -1))
+                            for x, r in zip(new, real)) / channels, eps)[..., None, None, None]
+    eye = [jnp.eye(x.shape[-1], dtype=x.dtype) * r[..., :, None] for x, r in zip(new, real)]
     coeff, found = _ridge_coefficient(jax.lax.stop_gradient(new), jax.lax.stop_gradient(ridge), eye)
-    return jnp.where(found, new + coeff * ridge * eye, sigma + 0.1 * ridge * eye)
+    return [jnp.where(found, x + coeff * ridge * i, s + 0.1 * ridge * i) for x, s, i in zip(new, sigma, eye)]
 
 
-def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Array]:
+def _ridge_coefficient(new: list[Array], ridge: Array, eye: list[Array]) -> tuple[Array, Array]:
     """First ladder entry c whose ``Σ' + c·r·I`` factorises for every matrix; ``(c, found)``.
 
     A while loop (not differentiated: the choice is a constant for backprop) so the common case costs one
-    Cholesky and the compiled graph holds one.
+    Cholesky per group and the compiled graph holds one.
     """
-    ladder = jnp.asarray(_RIDGE_LADDER, new.dtype)
+    ladder = jnp.asarray(_RIDGE_LADDER, ridge.dtype)
 
     def cond(state):
         i, ok = state
@@ -299,7 +325,8 @@ def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Arr
 
     def body(state):
         i, _ = state
-        ok = jnp.all(jnp.isfinite(sm.cholesky(new + ladder[i] * ridge * eye)))
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(sm.cholesky(x + ladder[i] * ridge * e)))
+                                for x, e in zip(new, eye)]))
         return jnp.where(ok, i, i + 1), ok
 
     i, found = jax.lax.while_loop(cond, body, (jnp.asarray(0), jnp.asarray(False)))
@@ -311,9 +338,10 @@ def _ridge_coefficient(new: Array, ridge: Array, eye: Array) -> tuple[Array, Arr
 # ----------------------------------------------------------------------------------------------
 
 
-def _energy_tiled(pulled: _Pulled, keys: _Pulled, n_pad, hp: VFEParams, plan: tiling.TilePlan) -> Array:
+def _energy_tiled(pulled: list[_Pulled], keys: list[_Pulled], n_pad, hp: VFEParams, plan: tiling.TilePlan
+                  ) -> Array:
     """``Σ_{b,i,j} β_ij KL_ij`` of the FFN's β over key tiles (the φ step's energy without ``[B,N,M]``)."""
-    c = _centre(keys)
+    c = [_centre(k) for k in keys]
 
     def logits_fn(qb, kb, i, j, ok):
         kl, _ = block_kl(qb, hp.eps, n_pad, kb, c)
@@ -323,13 +351,13 @@ def _energy_tiled(pulled: _Pulled, keys: _Pulled, n_pad, hp: VFEParams, plan: ti
         return acc + jnp.sum(beta * kl, axis=-1)
 
     rows = tiling.softmax_reduce(plan, tiling.pad_tokens(pulled, plan), tiling.pad_tokens(keys, plan),
-                                 logits_fn, reduce_fn, lambda qb: jnp.zeros(qb.ld.shape[:2], qb.ld.dtype),
+                                 logits_fn, reduce_fn, lambda qb: jnp.zeros(qb[0].ld.shape[:2], qb[0].ld.dtype),
                                  hp.beta_floor)
     return jnp.sum(tiling.unblock(rows, plan, axis=1))
 
 
-def phi_energy(phi: Float[Array, "B N 3"], mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"],
-               gens: Float[Array, "H 3 D D"], mask: Bool[Array, "N N"], hp: VFEParams, n_pad: Float[Array, "H"],
+def phi_energy(phi: Float[Array, "B N 3"], mu: Groups, sigma: Groups, gens: Sequence[np.ndarray],
+               mask: Bool[Array, "N N"], hp: VFEParams, valid: Sequence[np.ndarray],
                plan: tiling.TilePlan | None = None):
     """``λ Σ_{b,i,j} β_ij KL_ij`` of the FFN's own attention, as a function of φ (μ, Σ held fixed).
 
@@ -338,10 +366,11 @@ def phi_energy(phi: Float[Array, "B N 3"], mu: Float[Array, "B N H D"], sigma: F
     makes the updated φ_i depend on future tokens (the reference).  With a tile ``plan`` the energy is
     reduced in tiles and the aux ``(β, KL)`` is ``(None, None)``.
     """
-    pulled = _pull_back(mu, sigma, rotations(gens, phi), hp.eps, hp.eps_log)
+    pulled = pull_back(mu, sigma, rotations(gens, phi), hp.eps, hp.eps_log)
     keys = pulled
     if hp.phi_grad_query_role:
-        keys = _pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi)), hp.eps, hp.eps_log)
+        keys = pull_back(mu, sigma, rotations(gens, jax.lax.stop_gradient(phi)), hp.eps, hp.eps_log)
+    n_pad = _n_pad(valid)
     if plan is not None:
         return hp.lam * _energy_tiled(pulled, keys, n_pad, hp, plan), (None, None)
     kl, _ = block_kl(pulled, hp.eps, n_pad, keys)
@@ -349,16 +378,15 @@ def phi_energy(phi: Float[Array, "B N 3"], mu: Float[Array, "B N H D"], sigma: F
     return hp.lam * jnp.sum(beta * kl), (beta, kl)
 
 
-def phi_step(phi: Float[Array, "B N 3"], mu: Float[Array, "B N H D"], sigma: Float[Array, "B N H D D"],
-             gens: Float[Array, "H 3 D D"], mask: Bool[Array, "N N"], hp: VFEParams, valid: np.ndarray,
+def phi_step(phi: Float[Array, "B N 3"], mu: Groups, sigma: Groups, gens: Sequence[np.ndarray],
+             mask: Bool[Array, "N N"], hp: VFEParams, valid: Sequence[np.ndarray],
              plan: tiling.TilePlan | None = None):
     """``φ - phi_lr ∇_φ E`` with the gradient treated as a constant, then ``‖φ_i‖ ≤ phi_max_norm``.
 
     Returns ``(φ, β, KL)``; β and KL are None when tiled (``plan``)."""
-    n_pad = jnp.asarray((~valid).sum(-1), mu.dtype)
     grad, (beta, kl) = jax.grad(phi_energy, has_aux=True)(
         jax.lax.stop_gradient(phi), jax.lax.stop_gradient(mu), jax.lax.stop_gradient(sigma), gens, mask,
-        hp, n_pad, plan,
+        hp, valid, plan,
     )
     new = phi - hp.phi_lr * jax.lax.stop_gradient(grad)
     norm = jnp.linalg.norm(new, axis=-1, keepdims=True)
