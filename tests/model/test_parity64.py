@@ -39,6 +39,7 @@ from flax import nnx
 import gaugeformer.ops.attention as att_ops
 from gaugeformer.convert.validation import float64_mode, golden_values, to_float64
 from gaugeformer.model.lm import run_with_cache
+from gaugeformer.ops.blocks import head_groups
 from gaugeformer.testing import golden_error, load_reference_fixture
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -51,6 +52,7 @@ def eps_placement_bound(mu, sigma, e, f, lad, eps, eps_log) -> np.ndarray:
     """``[B,h,N,M]`` first-order bound on ``|KL_factorized − KL_direct|`` (module docstring,
     1-3)."""
     mu, sigma, e, f = (np.asarray(x, np.float64) for x in (mu, sigma, e, f))
+    e, f = (np.broadcast_to(x, sigma.shape) for x in (e, f))  # a head group may share one transport
     eye = np.eye(mu.shape[-1])
     s = np.einsum("bmhkl,bmhlp,bmhqp->bmhkq", f, sigma, f)
     a = np.einsum("bnhkl,bmhlp,bnhqp->bhnmkq", e, s, e) + eps * eye
@@ -68,7 +70,7 @@ def eps_placement_bound(mu, sigma, e, f, lad, eps, eps_log) -> np.ndarray:
     term2 = np.abs(np.log1p(eps_log / l_a).sum(-1) - np.log1p(eps_log / l_s).sum(-1))
     term3 = 0.0
     if lad is not None:
-        term3 = np.abs(np.asarray(lad, np.float64) - np.linalg.slogdet(e)[1])
+        term3 = np.abs(np.broadcast_to(np.asarray(lad, np.float64), e.shape[:3]) - np.linalg.slogdet(e)[1])
         term3 = term3.transpose(0, 2, 1)[..., None]
     return term1 + term2 + term3
 
@@ -84,11 +86,13 @@ def kl_bounds(model, tokens, monkeypatch) -> dict[tuple[str, int], np.ndarray]:
         return real(mu, sigma, e, f, lad, eps, eps_log)
 
     monkeypatch.setattr(att_ops, "kl_factorized", recording)
+    groups = len(head_groups(model.cfg.layout))  # one call per head group per layer, in head order
     out = {}
     for regime, kw in (("nograd", {}), ("grad", {"train": True})):
         calls.clear()
         nnx.capture(model, nnx.Intermediate)(jnp.asarray(tokens), **kw)  # eager: numpy sees values
-        out.update({(regime, layer): bound for layer, bound in enumerate(calls)})
+        for layer in range(len(calls) // groups):
+            out[regime, layer] = np.concatenate(calls[layer * groups:(layer + 1) * groups], axis=1)
     return out
 
 
