@@ -40,14 +40,12 @@ class Padding:
       index: ``(H, D)`` channel of each padded slot, ``K`` (a sentinel) for padding slots.
       valid: ``(H, D)`` True on real slots.
       flat: ``(K,)`` position of channel k in the flattened ``(H*D)`` layout.
-      ls: ``(H,)`` irrep degree of each head.
     """
 
     dim: int
     index: np.ndarray
     valid: np.ndarray
     flat: np.ndarray
-    ls: np.ndarray
 
 
 @functools.cache
@@ -60,7 +58,7 @@ def padding(layout: HeadLayout) -> Padding:
     valid = index < layout.embed_dim
     flat = np.empty(layout.embed_dim, np.int32)
     flat[index[valid]] = np.flatnonzero(valid.ravel())
-    return Padding(d, index, valid, flat, np.asarray(layout.ls, np.int32))
+    return Padding(d, index, valid, flat)
 
 
 def split_mu(mu: Float[Array, "*b K"], layout: HeadLayout) -> Float[Array, "*b H D"]:
