@@ -87,17 +87,20 @@ def _lse_bwd(precision, chunk, res, g):
     mu, weight, lse = res
     dot = functools.partial(_dot, precision=precision)
 
+    # A chunk's weight gradient is computed transposed, ``μᵀ p -> [K, chunk]``, and transposed once at the end:
+    # XLA:CPU runs ``pᵀ μ -> [chunk, K]`` (both operands contracted on their major axis) ~4x slower (measured:
+    # config A's backward 125 -> 67 ms at T=1024, V=50257).
     @jax.named_scope("output_projection")
     def step(d_mu, w):
         p = jnp.exp(dot(mu, w.T) - lse[:, None]) * g[:, None]
-        return d_mu + dot(p, w), dot(p.T, mu)
+        return d_mu + dot(p, w), dot(mu.T, p)
 
     blocks, rest = _chunked(weight, chunk)
     d_mu, d_blocks = jax.lax.scan(step, jnp.zeros_like(mu), blocks)
-    d_weight = d_blocks.reshape(-1, weight.shape[1])
+    d_weight = jnp.swapaxes(d_blocks, 1, 2).reshape(-1, weight.shape[1])
     if rest.shape[0]:
         d_mu, d_rest = step(d_mu, rest)
-        d_weight = jnp.concatenate([d_weight, d_rest])
+        d_weight = jnp.concatenate([d_weight, d_rest.T])
     return d_mu, d_weight
 
 
