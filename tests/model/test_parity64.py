@@ -31,6 +31,7 @@ metric.
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -76,21 +77,28 @@ def eps_placement_bound(mu, sigma, e, f, lad, eps, eps_log) -> np.ndarray:
 
 
 def kl_bounds(model, tokens, monkeypatch) -> dict[tuple[str, int], np.ndarray]:
-    """``{(regime, layer): δ_ij}`` from the attention inputs of an eager float64 run (regimes
-    nograd/grad)."""
+    """``{(regime, layer): δ_ij}`` from the attention inputs of a float64 run (regimes nograd/grad).
+
+    The forward runs jitted; an ordered host callback hands each ``kl_factorized`` call's inputs to numpy."""
     calls = []
     real = att_ops.kl_factorized
 
     def recording(mu, sigma, e, f, lad, eps, eps_log):
-        calls.append(eps_placement_bound(mu, sigma, e, f, lad, eps, eps_log))
+        def record(mu, sigma, e, f, lad):
+            calls.append(eps_placement_bound(mu, sigma, e, f, lad, eps, eps_log))
+
+        jax.debug.callback(record, mu, sigma, e, f, lad, ordered=True)
         return real(mu, sigma, e, f, lad, eps, eps_log)
 
     monkeypatch.setattr(att_ops, "kl_factorized", recording)
     groups = len(head_groups(model.cfg.layout))  # one call per head group per layer, in head order
+    graphdef, state = nnx.split(model)
     out = {}
     for regime, kw in (("nograd", {}), ("grad", {"train": True})):
         calls.clear()
-        nnx.capture(model, nnx.Intermediate)(jnp.asarray(tokens), **kw)  # eager: numpy sees values
+        run = jax.jit(lambda s, t: nnx.capture(nnx.merge(graphdef, s), nnx.Intermediate)(t, **kw)[0])
+        jax.block_until_ready(run(state, jnp.asarray(tokens)))
+        jax.effects_barrier()
         for layer in range(len(calls) // groups):
             out[regime, layer] = np.concatenate(calls[layer * groups:(layer + 1) * groups], axis=1)
     return out
