@@ -82,7 +82,9 @@ def test_run_with_cache_config_D_returns_every_layer():
         assert float(jnp.abs(jnp.triu(beta, 1)).max()) == 0.0  # strict causality in the clean profile
 
 
-def test_jit_vmap_grad():
+def test_vmap_over_sequences_equals_the_batched_forward():
+    """The model composes with jax.vmap (one sequence per call).  Its loss gradient is checked against the
+    reference's gradients in tests/model/test_parity.py."""
     model = tiny_model()
     graphdef, state = nnx.split(model)
 
@@ -91,14 +93,6 @@ def test_jit_vmap_grad():
 
     batched = jax.jit(jax.vmap(logits_fn, in_axes=(None, 0)))(state, TOKENS)
     np.testing.assert_allclose(batched, nnx.jit(lambda m, t: m(t))(model, TOKENS), rtol=2e-5, atol=2e-6)
-
-    def loss(state):
-        return free_energy_loss(nnx.merge(graphdef, state), TOKENS, jnp.roll(TOKENS, -1, 1))[0]
-
-    grads = jax.jit(jax.grad(loss))(nnx.state(model, nnx.Param))
-    leaves = jax.tree.leaves(grads)
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
 
 
 # ---------------------------------------------------------------- beta_override
