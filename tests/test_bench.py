@@ -1,6 +1,7 @@
 """gaugeformer/bench.py: points, the measurement environment and the growth exponent (no timing here)."""
 
 import argparse
+import time
 
 import pytest
 
@@ -28,3 +29,20 @@ def test_points_cover_both_malloc_settings_and_the_sweep():
 
 def test_growth_exponent_recovers_a_power_law():
     assert bench.growth_exponent([128, 256, 512], [3.0 * n ** 1.5 for n in (128, 256, 512)]) == pytest.approx(1.5)
+
+
+def test_median_time_runs_at_least_repeats_and_at_least_min_seconds_capped_at_100():
+    calls = []
+
+    def fn(cost=0.0):
+        calls.append(cost)
+        time.sleep(cost)
+
+    bench._median_time(fn, repeats=3, min_seconds=0.0)
+    assert len(calls) == 1 + 3  # warm-up + repeats
+    calls.clear()
+    bench._median_time(lambda: fn(0.01), repeats=3, min_seconds=0.1)
+    assert 1 + 3 < len(calls) <= 1 + 11  # more than repeats: ~0.1 s of 10 ms runs
+    calls.clear()
+    bench._median_time(fn, repeats=3, min_seconds=1e9)
+    assert len(calls) == 1 + 100
